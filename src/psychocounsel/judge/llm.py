@@ -1,0 +1,136 @@
+"""LLM judges: a prompt template (templates/*.txt) + a pure parser (parse.py) + any backend.
+
+- ``json`` mode: one call per response returns all principle scores and a rationale. Output that
+  does not parse is retried (temperature 0.7 with a new seed, so the retry is a new cache key) up
+  to ``retries`` times, then the rating is recorded as failed with the raw text.
+- ``logprob`` mode: one call per (response, principle) with ``max_tokens=1``; the score is the
+  expected value under the judge's probabilities for "1".."5" (parse.expected_score). Works with
+  local transformers models and with OpenAI-compatible servers that return logprobs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..backends import ChatRequest, load_backend
+from ..config import JudgeConfig
+from ..records import Rating, Response, Speech
+from ..rubric import Principle, Rubric
+from ..store import Cache
+from .parse import ParseError, expected_score, parse_json_scores
+
+TEMPLATES = Path(__file__).parent / "templates"
+
+
+def render_context(speech: Speech) -> str:
+    """Earlier turns of a multi-turn session, as a block the templates put before the speech."""
+    if not speech.context:
+        return ""
+    names = {"client": "Client", "user": "Client", "counselor": "Counselor", "assistant": "Counselor"}
+    turns = "\n".join(f"{names.get(t['role'], t['role'])}: {t['content']}" for t in speech.context)
+    return f"<earlier_in_session>\n{turns}\n</earlier_in_session>\n\n"
+
+
+def render_principles(rubric: Rubric) -> str:
+    blocks = []
+    for p in rubric.principles:
+        anchors = "; ".join(f"{s} = {t}" for s, t in sorted(p.anchors.items()))
+        blocks.append(f"- {p.key} ({p.name}): {p.definition} Anchors: {anchors}")
+    return "\n".join(blocks)
+
+
+class LLMJudge:
+    def __init__(self, cfg: JudgeConfig, rubric: Rubric, cache: Cache):
+        self.cfg, self.rubric, self.cache = cfg, rubric, cache
+        self.backend = load_backend(cfg.backend)
+        self.name = f"llm-{cfg.mode}:{cfg.backend.spec}"
+        self.json_template = (TEMPLATES / "rate_json.txt").read_text(encoding="utf-8")
+        self.logprob_template = (TEMPLATES / "rate_logprob.txt").read_text(encoding="utf-8")
+
+    @property
+    def calls_made(self) -> int:
+        return self.cache.calls_made
+
+    @property
+    def calls_cached(self) -> int:
+        return self.cache.calls_cached
+
+    def json_request(self, speech: Speech, resp: Response, attempt: int) -> ChatRequest:
+        prompt = self.json_template.format(
+            principles=render_principles(self.rubric), context=render_context(speech),
+            speech=speech.text, response=resp.text,
+            score_fields=", ".join(f'"{k}": <1-5>' for k in self.rubric.keys),
+        )
+        params = {"temperature": 0.0, "max_tokens": self.cfg.max_tokens}
+        if attempt:
+            params.update(temperature=0.7, seed=attempt)
+        return ChatRequest([{"role": "user", "content": prompt}], params)
+
+    def logprob_request(self, speech: Speech, resp: Response, p: Principle) -> ChatRequest:
+        prompt = self.logprob_template.format(
+            name=p.name, definition=p.definition, anchor_1=p.anchors[1], anchor_3=p.anchors[3],
+            anchor_5=p.anchors[5], context=render_context(speech), speech=speech.text, response=resp.text,
+        )
+        params = {"temperature": 0.0, "max_tokens": 1, "logprobs": True, "top_logprobs": 20}
+        return ChatRequest([{"role": "user", "content": prompt}], params)
+
+    def rate(self, items: list[tuple[Speech, Response]], progress=None) -> list[Rating]:
+        if self.cfg.mode == "json":
+            return self._rate_json(items, progress)
+        return self._rate_logprob(items, progress)
+
+    def _rate_json(self, items, progress) -> list[Rating]:
+        results: dict[int, Rating] = {}
+        pending = list(range(len(items)))
+        last: dict[int, tuple[str, str]] = {}
+        for attempt in range(self.cfg.retries + 1):
+            if not pending:
+                break
+            reqs = [self.json_request(*items[i], attempt) for i in pending]
+            comps = self.cache.complete(self.backend, reqs)
+            still = []
+            for i, comp in zip(pending, comps):
+                speech, resp = items[i]
+                try:
+                    if comp.error:
+                        raise ParseError(comp.error)
+                    scores, rationale = parse_json_scores(comp.text, self.rubric.keys)
+                except ParseError as e:
+                    last[i] = (str(e), comp.text)
+                    still.append(i)
+                    continue
+                results[i] = Rating(resp.id, speech.id, self.name, scores=scores, rationale=rationale[:500])
+                if progress:
+                    progress(1)
+            pending = still
+        for i in pending:
+            speech, resp = items[i]
+            error, raw = last[i]
+            results[i] = Rating(resp.id, speech.id, self.name, failed=True,
+                                error=f"{error} (after {self.cfg.retries + 1} attempts)", raw=raw[:2000])
+        return [results[i] for i in range(len(items))]
+
+    def _rate_logprob(self, items, progress) -> list[Rating]:
+        principles = self.rubric.principles
+        reqs = [self.logprob_request(s, r, p) for s, r in items for p in principles]
+        comps = self.cache.complete(self.backend, reqs, progress=None)
+        ratings = []
+        for n, (speech, resp) in enumerate(items):
+            scores, errors, raws = {}, [], []
+            for j, p in enumerate(principles):
+                comp = comps[n * len(principles) + j]
+                try:
+                    if comp.error:
+                        raise ParseError(comp.error)
+                    scores[p.key] = expected_score(comp.top_logprobs)
+                except ParseError as e:
+                    errors.append(f"{p.key}: {e}")
+                    raws.append(f"{p.key}: {comp.text!r}")
+            if errors:
+                ratings.append(Rating(resp.id, speech.id, self.name, failed=True,
+                                      error="; ".join(errors), raw="; ".join(raws)))
+            else:
+                ratings.append(Rating(resp.id, speech.id, self.name, scores=scores))
+            if progress:
+                progress(1)
+        return ratings

@@ -1,0 +1,111 @@
+"""Pure parsers for judge output: text in, scores out, ``ParseError`` for text that does not parse.
+
+Never a silent default score: a caller that gets ParseError retries, then records the failure.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+
+
+class ParseError(ValueError):
+    """Judge output that cannot be turned into scores; the message says why."""
+
+
+_FENCE = re.compile(r"```(?:json)?\s*(.*?)```", re.S)
+
+
+def _json_object(text: str) -> dict:
+    """The first JSON object in ``text`` (bare, fenced in ```json, or surrounded by prose)."""
+    candidates = [m.group(1) for m in _FENCE.finditer(text)] + [text]
+    for cand in candidates:
+        start = cand.find("{")
+        while start != -1:
+            depth, in_str, esc = 0, False, False
+            for i in range(start, len(cand)):
+                ch = cand[i]
+                if in_str:
+                    esc = (ch == "\\") and not esc
+                    if ch == '"' and not esc:
+                        in_str = False
+                    continue
+                if ch == '"':
+                    in_str, esc = True, False
+                elif ch == "{":
+                    depth += 1
+                elif ch == "}":
+                    depth -= 1
+                    if depth == 0:
+                        try:
+                            obj = json.loads(cand[start : i + 1])
+                        except json.JSONDecodeError:
+                            break
+                        if isinstance(obj, dict):
+                            return obj
+                        break
+            start = cand.find("{", start + 1)
+    raise ParseError("no JSON object found")
+
+
+def parse_json_scores(text: str, keys: list[str]) -> tuple[dict[str, float], str]:
+    """Scores for every principle key, and the rationale, from a JSON judge reply.
+
+    Accepts ``{"scores": {key: n}, "rationale": s}`` or a flat ``{key: n, ..., "rationale": s}``;
+    scores must be numbers (or numeric strings) from 1 to 5.
+
+    >>> parse_json_scores('{"scores": {"empathy": 4, "safety": "5"}, "rationale": "Warm."}', ["empathy", "safety"])
+    ({'empathy': 4.0, 'safety': 5.0}, 'Warm.')
+    >>> parse_json_scores('Sure! ```json\\n{"empathy": 2}\\n```', ["empathy"])
+    ({'empathy': 2.0}, '')
+    >>> parse_json_scores('{"empathy": 7}', ["empathy"])
+    Traceback (most recent call last):
+    ...
+    psychocounsel.judge.parse.ParseError: score for 'empathy' is 7.0, outside 1-5
+    """
+    obj = _json_object(text)
+    scores_obj = obj.get("scores", obj)
+    if not isinstance(scores_obj, dict):
+        raise ParseError("'scores' is not an object")
+    scores: dict[str, float] = {}
+    for key in keys:
+        if key not in scores_obj:
+            raise ParseError(f"missing score for '{key}'")
+        value = scores_obj[key]
+        if isinstance(value, bool):
+            raise ParseError(f"score for '{key}' is not a number")
+        try:
+            num = float(value)
+        except (TypeError, ValueError):
+            raise ParseError(f"score for '{key}' is not a number") from None
+        if not math.isfinite(num) or not 1 <= num <= 5:
+            raise ParseError(f"score for '{key}' is {num}, outside 1-5")
+        scores[key] = num
+    rationale = obj.get("rationale", "")
+    return scores, rationale if isinstance(rationale, str) else json.dumps(rationale)
+
+
+MIN_DIGIT_MASS = 0.5  # below this the judge was not answering with a score at all
+
+
+def expected_score(top_logprobs: dict[str, float] | None) -> float:
+    """Expected 1-5 score under the judge's next-token probabilities for "1".."5".
+
+    The five probabilities are renormalised; if together they hold less than MIN_DIGIT_MASS of
+    the probability, the judge was saying something else and this is a ParseError.
+
+    >>> round(expected_score({"4": math.log(0.6), "5": math.log(0.3), "The": math.log(0.1)}), 4)
+    4.3333
+    >>> expected_score({"Sure": math.log(0.9), "3": math.log(0.05)})
+    Traceback (most recent call last):
+    ...
+    psychocounsel.judge.parse.ParseError: digits 1-5 hold 5% of the probability (need 50%)
+    """
+    if not top_logprobs:
+        raise ParseError("no logprobs returned (does the server support logprobs?)")
+    probs = {d: math.exp(top_logprobs[str(d)]) for d in range(1, 6) if str(d) in top_logprobs}
+    mass = sum(probs.values())
+    if mass < MIN_DIGIT_MASS:
+        raise ParseError(f"digits 1-5 hold {mass:.0%} of the probability (need {MIN_DIGIT_MASS:.0%})")
+    return sum(d * p for d, p in probs.items()) / mass

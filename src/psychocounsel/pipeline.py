@@ -1,0 +1,84 @@
+"""Runs stages and records what each did in run.json; ``run`` chains them, skipping done work."""
+
+from __future__ import annotations
+
+import logging
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from .config import RunConfig
+from .errors import UserError
+from .store import RunDir
+
+log = logging.getLogger(__name__)
+STAGES = ("ingest", "generate", "rate", "pairs")
+_PACKAGES = ("psychocounsel", "torch", "transformers", "trl", "httpx", "pydantic", "pyarrow")
+
+
+def versions() -> dict[str, str]:
+    out = {}
+    for name in _PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def limit_threads() -> None:
+    """One torch thread on small CPUs: on 2 cores, two threads made small-model steps 10-40x
+    slower and erratic. OMP_NUM_THREADS, when set, wins."""
+    import os
+
+    if "OMP_NUM_THREADS" not in os.environ and (os.cpu_count() or 1) <= 2:
+        import torch
+
+        torch.set_num_threads(1)
+
+
+def run_stage(name: str, cfg: RunConfig, rundir: RunDir) -> dict[str, Any]:
+    """Run one stage, time it, and overwrite ``stages.<name>`` in run.json with its figures."""
+    start = time.perf_counter()
+    if name == "ingest":
+        from . import ingest
+
+        if cfg.ingest.input is None:
+            raise UserError("no input to ingest: set ingest.input in the config or pass INPUT")
+        stats = ingest.run(cfg.ingest, rundir.speeches, log=log.info)
+    elif name == "generate":
+        from . import generate
+
+        limit_threads()
+        stats = generate.run(cfg.generate, rundir)
+    elif name == "rate":
+        from . import rate
+
+        limit_threads()
+        stats = rate.run(cfg.rate, rundir)
+    elif name == "pairs":
+        from . import pairs
+
+        stats = pairs.run(cfg.pairs, rundir, cfg.rate.rubric)
+    else:
+        raise UserError(f"unknown stage '{name}'; stages: {', '.join(STAGES)}")
+    stats["seconds"] = round(time.perf_counter() - start, 2)
+    rundir.record_stage(name, stats)
+    log.info("%s: %s", name, ", ".join(f"{k}={v}" for k, v in stats.items() if not isinstance(v, dict)))
+    return stats
+
+
+def run(cfg: RunConfig, run_dir: str | Path, until: str | None = None, config_path: str | None = None) -> dict:
+    """All stages in order up to ``until``. Each stage skips what is already done, so rerunning
+    an interrupted (or finished) run completes it without repeating or duplicating work."""
+    if until is not None and until not in STAGES:
+        raise UserError(f"--until must be one of {', '.join(STAGES)}; got '{until}'")
+    rundir = RunDir(run_dir)
+    rundir.update_run_json(config=cfg.model_dump(mode="json"), config_path=config_path, versions=versions())
+    results = {}
+    for name in STAGES:
+        results[name] = run_stage(name, cfg, rundir)
+        if name == until:
+            break
+    return results

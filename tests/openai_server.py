@@ -1,0 +1,185 @@
+"""A scripted OpenAI-compatible server on 127.0.0.1 for tests (stdlib only, no network).
+
+Usage::
+
+    from openai_server import FakeOpenAI, Reply, openai_server  # noqa: F401  (fixture)
+
+    def test_x(openai_server):
+        openai_server.push(Reply.error(500), Reply.ok("hi"))   # first two requests, in order
+        ... point a backend at openai_server.url ...
+        assert len(openai_server.requests) == 2
+
+Requests beyond the scripted ones go to ``openai_server.handler`` (a function of the request
+body returning a ``Reply``); the default echoes ``"echo: <last user message>"`` with usage and,
+when asked for, logprobs. Every request is recorded with its headers and JSON body, and the
+server tracks the most requests it had in flight at once.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Callable
+
+import pytest
+
+
+@dataclass
+class Reply:
+    """What the server sends: ``body`` (dict -> JSON, str/bytes sent as is) after ``delay`` s."""
+
+    status: int = 200
+    body: Any = None
+    headers: dict[str, str] = field(default_factory=dict)
+    delay: float = 0.0
+
+    @classmethod
+    def ok(cls, text: str, model: str = "fake-model", logprobs: list | None = None, **kw) -> "Reply":
+        choice: dict[str, Any] = {
+            "index": 0,
+            "message": {"role": "assistant", "content": text},
+            "finish_reason": "stop",
+        }
+        if logprobs is not None:
+            choice["logprobs"] = {"content": [{"token": logprobs[0][0], "logprob": logprobs[0][1],
+                                               "top_logprobs": [{"token": t, "logprob": lp}
+                                                                for t, lp in logprobs]}]}
+        body = {
+            "id": "chatcmpl-test",
+            "object": "chat.completion",
+            "model": model,
+            "choices": [choice],
+            "usage": {"prompt_tokens": 7, "completion_tokens": len(text.split())},
+        }
+        return cls(200, body, **kw)
+
+    @classmethod
+    def error(cls, status: int, message: str = "", retry_after: str | None = None) -> "Reply":
+        headers = {"Retry-After": retry_after} if retry_after is not None else {}
+        body = {"error": {"message": message or f"status {status}", "type": "test"}}
+        return cls(status, body, headers)
+
+    @classmethod
+    def malformed(cls) -> "Reply":
+        return cls(200, "{this is not json", {"Content-Type": "application/json"})
+
+    @classmethod
+    def missing_choices(cls) -> "Reply":
+        return cls(200, {"id": "chatcmpl-test", "object": "chat.completion", "choices": []})
+
+
+@dataclass
+class Received:
+    path: str
+    headers: dict[str, str]
+    body: Any
+
+
+def echo(body: dict[str, Any]) -> Reply:
+    """Default handler: answer ``echo: <last user message>``; logprobs ranking "4" over "3"."""
+    last = next((m["content"] for m in reversed(body.get("messages", [])) if m["role"] == "user"), "")
+    logprobs = [(" 4", -0.25), ("4", -1.5), ("3", -1.75)] if body.get("logprobs") else None
+    return Reply.ok(f"echo: {last}", model=body.get("model", "fake-model"), logprobs=logprobs)
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    block_on_close = False  # slow-reply threads may still be sleeping at shutdown; don't wait
+
+
+class FakeOpenAI:
+    """The server. ``url`` is the base URL to give a backend (ends in ``/v1``)."""
+
+    def __init__(self) -> None:
+        self.script: collections.deque[Reply] = collections.deque()
+        self.handler: Callable[[dict[str, Any]], Reply] = echo
+        self.requests: list[Received] = []
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self._lock = threading.Lock()
+        self._httpd = _Server(("127.0.0.1", 0), self._handler_class())
+        # serve_forever polls for shutdown every 0.5 s by default: that would add 0.5 s per test.
+        self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.01,), daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._httpd.server_address[1]}/v1"
+
+    def push(self, *replies: Reply) -> None:
+        self.script.extend(replies)
+
+    def start(self) -> "FakeOpenAI":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+    def __enter__(self) -> "FakeOpenAI":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _reply_for(self, path: str, headers: dict[str, str], raw: bytes) -> Reply:
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            body = None
+        with self._lock:
+            self.requests.append(Received(path, headers, body))
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+            scripted = self.script.popleft() if self.script else None
+        if path != "/v1/chat/completions":
+            return Reply.error(404, f"no route {path}")
+        return scripted or self.handler(body)
+
+    def _handler_class(self) -> type[BaseHTTPRequestHandler]:
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+                raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                reply = fake._reply_for(self.path, dict(self.headers.items()), raw)
+                try:
+                    time.sleep(reply.delay)
+                    self._send(reply)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client timed out and hung up, as the slow-reply tests intend
+                finally:
+                    with fake._lock:
+                        fake.in_flight -= 1
+
+            def _send(self, reply: Reply) -> None:
+                body = reply.body
+                if isinstance(body, (dict, list)):
+                    body = json.dumps(body)
+                data = body.encode() if isinstance(body, str) else (body or b"")
+                self.send_response(reply.status)
+                self.send_header("Content-Type", reply.headers.get("Content-Type", "application/json"))
+                for key, value in reply.headers.items():
+                    if key.lower() != "content-type":
+                        self.send_header(key, value)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+                pass  # keep test output clean
+
+        return Handler
+
+
+@pytest.fixture
+def openai_server():
+    """A started ``FakeOpenAI``, stopped after the test."""
+    with FakeOpenAI() as server:
+        yield server

@@ -1,0 +1,226 @@
+"""OpenAIBackend against a real HTTP server on 127.0.0.1 (tests/openai_server.py); no network."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import socket
+import time
+
+import pytest
+from openai_server import FakeOpenAI, Reply, echo, openai_server  # noqa: F401 (fixture)
+
+from psychocounsel.backends.base import ChatRequest
+from psychocounsel.backends.openai_compat import OpenAIBackend
+from psychocounsel.config import BackendConfig
+from psychocounsel.errors import UserError
+
+KEY_ENV = "PSYCHOCOUNSEL_TEST_KEY"
+SECRET = "sk-test-0123456789secret"
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch):
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.setenv(KEY_ENV, SECRET)
+
+
+def make_backend(base_url: str, **overrides) -> OpenAIBackend:
+    settings = dict(spec="openai:test-model", base_url=base_url, api_key_env=KEY_ENV,
+                    concurrency=4, timeout=5.0, max_retries=3)
+    settings.update(overrides)
+    backend = OpenAIBackend("test-model", BackendConfig(**settings))
+    backend.retry_base_s = 0.01  # 1 s in production; backoff here totals < 0.2 s
+    return backend
+
+
+def ask(text: str, **params) -> ChatRequest:
+    return ChatRequest([{"role": "system", "content": "be kind"}, {"role": "user", "content": text}],
+                       params)
+
+
+def test_success_keeps_order_and_bounds_concurrency(openai_server):
+    # 50 ms per reply so that requests overlap and the concurrency bound is actually exercised.
+    openai_server.handler = lambda body: dataclasses.replace(echo(body), delay=0.05)
+    backend = make_backend(openai_server.url, concurrency=4)
+    params = dict(temperature=0.7, top_p=0.9, max_tokens=32, seed=3, stop=["\n\n"])
+    out = backend.complete([ask(f"q{i}", **params) for i in range(20)])
+
+    assert [c.text for c in out] == [f"echo: q{i}" for i in range(20)]
+    assert 2 <= openai_server.max_in_flight <= 4
+    first = out[0]
+    assert first.error == "" and first.model == "test-model" and first.params == params
+    assert (first.prompt_tokens, first.completion_tokens, first.finish_reason) == (7, 2, "stop")
+    assert first.latency_s >= 0.05 and first.top_logprobs is None
+    sent = openai_server.requests[0]
+    assert sent.path == "/v1/chat/completions"
+    assert sent.body["model"] == "test-model" and sent.body["messages"][0]["role"] == "system"
+    assert {k: sent.body[k] for k in params} == params
+    assert "logprobs" not in sent.body and "top_logprobs" not in sent.body
+
+
+def test_progress_counts_every_request(openai_server):
+    openai_server.push(Reply.error(400, "bad"))  # failed requests count too
+    seen = []
+    make_backend(openai_server.url).complete([ask(f"q{i}") for i in range(7)], progress=seen.append)
+    assert seen == [1] * 7
+
+
+def test_429_retry_honours_retry_after(openai_server):
+    openai_server.push(Reply.error(429, "slow down", retry_after="1"))
+    start = time.perf_counter()
+    [c] = make_backend(openai_server.url).complete([ask("hi")])
+    elapsed = time.perf_counter() - start
+    assert c.text == "echo: hi" and c.error == ""
+    assert len(openai_server.requests) == 2
+    assert 0.95 <= elapsed < 3  # backoff alone would wait ~0.01 s
+
+
+def test_503_retry_after_zero_retries_at_once(openai_server):
+    openai_server.push(Reply.error(503, retry_after="0"), Reply.error(503, retry_after="0"))
+    [c] = make_backend(openai_server.url).complete([ask("hi")])
+    assert c.text == "echo: hi" and len(openai_server.requests) == 3
+
+
+def test_retry_delay_backoff_and_caps():
+    backend = make_backend("http://127.0.0.1:9/v1")
+    backend.retry_base_s = 1.0
+    assert backend.retry_delay(0, retry_after=3600) == 60.0
+    assert backend.retry_delay(0, retry_after=2.5) == 2.5
+    for attempt, low, high in [(0, 0.5, 1.0), (2, 2.0, 4.0), (10, 15.0, 30.0)]:
+        delays = [backend.retry_delay(attempt) for _ in range(50)]
+        assert all(low <= d <= high for d in delays)
+        assert len(set(delays)) > 1  # jittered
+
+
+def test_500_then_success(openai_server):
+    openai_server.push(Reply.error(500, "boom"))
+    [c] = make_backend(openai_server.url).complete([ask("hi")])
+    assert (c.text, c.error) == ("echo: hi", "")
+    assert len(openai_server.requests) == 2
+
+
+def test_timeout_then_success(openai_server):
+    openai_server.push(Reply.ok("too late", delay=1.0))
+    start = time.perf_counter()
+    [c] = make_backend(openai_server.url, timeout=0.3).complete([ask("hi")])
+    assert (c.text, c.error) == ("echo: hi", "")
+    assert len(openai_server.requests) == 2
+    assert time.perf_counter() - start < 0.9  # gave up on the slow reply, did not wait 1 s
+    assert c.latency_s < 0.3  # latency of the successful attempt only
+
+
+@pytest.mark.parametrize("bad", [
+    Reply.malformed(),
+    Reply.missing_choices(),
+    Reply(200, {"choices": [{"message": {"role": "assistant", "content": None}}]}),
+    Reply(200, ["not", "an", "object"]),
+], ids=["not-json", "no-choices", "null-content", "json-list"])
+def test_malformed_reply_then_success(openai_server, bad):
+    openai_server.push(bad)
+    [c] = make_backend(openai_server.url).complete([ask("hi")])
+    assert (c.text, c.error) == ("echo: hi", "")
+    assert len(openai_server.requests) == 2
+
+
+def test_exhausted_retries_set_error_and_empty_text(openai_server):
+    openai_server.handler = lambda body: Reply.error(500, "still broken")
+    [c] = make_backend(openai_server.url, max_retries=2).complete([ask("hi", temperature=0.0)])
+    assert c.text == ""
+    assert c.error.startswith("HTTP 500 after 3 attempts") and "still broken" in c.error
+    assert c.params == {"temperature": 0.0} and c.model == "test-model"
+    assert len(openai_server.requests) == 3
+
+
+def test_malformed_every_time_is_reported(openai_server):
+    openai_server.handler = lambda body: Reply.missing_choices()
+    [c] = make_backend(openai_server.url, max_retries=1).complete([ask("hi")])
+    assert c.text == "" and c.error.startswith("malformed reply after 2 attempts")
+
+
+def test_connection_refused_is_retried_then_reported():
+    with socket.socket() as s:  # a port that was free a moment ago: nothing listens there
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    [c] = make_backend(f"http://127.0.0.1:{port}/v1", max_retries=1).complete([ask("hi")])
+    assert c.text == "" and c.error.startswith("connection error after 2 attempts")
+
+
+@pytest.mark.parametrize("status", [400, 401, 404])
+def test_client_errors_are_not_retried(openai_server, status):
+    openai_server.push(Reply.error(status, f"Incorrect API key provided: {SECRET}. " + "x" * 300))
+    [c] = make_backend(openai_server.url).complete([ask("hi")])
+    assert len(openai_server.requests) == 1
+    assert c.text == "" and c.error.startswith(f"HTTP {status}: Incorrect API key provided: ***")
+    assert SECRET not in c.error
+    assert len(c.error) <= len(f"HTTP {status}: ") + 200
+
+
+def test_logprobs_requested_and_parsed(openai_server):
+    [c] = make_backend(openai_server.url).complete([ask("score", logprobs=True, top_logprobs=5,
+                                                         max_tokens=1)])
+    # " 4" and "4" strip to the same token: the larger logprob wins.
+    assert c.top_logprobs == {"4": -0.25, "3": -1.75}
+    body = openai_server.requests[0].body
+    assert body["logprobs"] is True and body["top_logprobs"] == 5
+
+
+def test_top_logprobs_not_sent_without_logprobs(openai_server):
+    [c] = make_backend(openai_server.url).complete([ask("hi", logprobs=False, top_logprobs=5)])
+    body = openai_server.requests[0].body
+    assert "logprobs" not in body and "top_logprobs" not in body
+    assert c.top_logprobs is None
+
+
+def test_api_key_sent_as_bearer_and_kept_out_of_results(openai_server):
+    backend = make_backend(openai_server.url)
+    [c] = backend.complete([ask("hi")])
+    headers = {k.lower(): v for k, v in openai_server.requests[0].headers.items()}
+    assert headers["authorization"] == f"Bearer {SECRET}"
+    assert backend.identity() == {"backend": "openai", "model": "test-model",
+                                  "base_url": openai_server.url}
+    for text in (json.dumps(c.to_dict()), json.dumps(backend.identity()), repr(backend)):
+        assert SECRET not in text
+
+
+def test_local_server_without_key_sends_no_auth(openai_server, monkeypatch):
+    monkeypatch.delenv(KEY_ENV)
+    [c] = make_backend(openai_server.url).complete([ask("hi")])
+    assert c.text == "echo: hi"
+    assert "authorization" not in {k.lower() for k in openai_server.requests[0].headers}
+
+
+@pytest.mark.parametrize("base_url", [None, "https://api.openai.com/v1/"])
+def test_missing_key_for_openai_is_a_user_error(base_url):
+    cfg = BackendConfig(spec="openai:gpt-4o-mini", base_url=base_url)
+    with pytest.raises(UserError, match="OPENAI_API_KEY"):
+        OpenAIBackend("gpt-4o-mini", cfg)
+
+
+def test_base_url_from_environment_without_trailing_slash(openai_server, monkeypatch):
+    monkeypatch.setenv("OPENAI_BASE_URL", openai_server.url + "/")
+    backend = make_backend(None)
+    assert backend.base_url == openai_server.url
+    assert backend.complete([ask("hi")])[0].text == "echo: hi"
+
+
+def test_complete_works_inside_a_running_event_loop(openai_server):
+    backend = make_backend(openai_server.url)
+
+    async def caller():  # e.g. a notebook cell or an async web handler calling sync code
+        return backend.complete([ask("a"), ask("b")])
+
+    assert [c.text for c in asyncio.run(caller())] == ["echo: a", "echo: b"]
+
+
+def test_no_requests_no_calls(openai_server):
+    assert make_backend(openai_server.url).complete([]) == []
+    assert openai_server.requests == []
+
+
+def test_fake_server_usable_as_context_manager():
+    with FakeOpenAI() as server:
+        [c] = make_backend(server.url).complete([ask("ctx")])
+    assert c.text == "echo: ctx"

@@ -1,0 +1,385 @@
+"""Tests of the ingest stage. Every fixture is written here, by us; no network."""
+
+from __future__ import annotations
+
+import csv
+import doctest
+import json
+import random
+import time
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from psychocounsel import ingest
+from psychocounsel.config import IngestConfig
+from psychocounsel.errors import UserError
+from psychocounsel.ingest import dedupe, jaccard, normalise_text, run, scrub_pii, shingles
+from psychocounsel.store import read_jsonl
+
+COUNSEL_CHAT = Path(__file__).resolve().parents[1].parent / "shared/data/counsel-chat/20200325_counsel_chat.csv"
+SPEECHES = [
+    "I have been feeling low for weeks and I cannot sleep at night.",
+    "My partner and I argue about money every single day now.",
+    "Work stress is making me snap at my kids and I hate it.",
+]
+
+
+def ingest_file(path: Path, tmp_path: Path, **kw) -> tuple[dict, list[dict]]:
+    kw = {"min_chars": 0, "max_chars": 10_000, **kw}
+    logs: list[str] = []
+    stats = run(IngestConfig(input=path, **kw), tmp_path / "out" / "speeches.jsonl", log=logs.append)
+    stats["log"] = logs
+    return stats, read_jsonl(tmp_path / "out" / "speeches.jsonl")
+
+
+VOCAB = [w + str(i) for w in ("alpha", "bravo", "charlie", "delta", "echo", "fox", "golf") for i in range(100)]
+
+
+def words(n: int, seed: int) -> list[str]:
+    """n words drawn from 700, the same for the same seed."""
+    return random.Random(seed).choices(VOCAB, k=n)
+
+
+def test_doctests():
+    result = doctest.testmod(ingest)
+    assert result.attempted >= 10 and result.failed == 0
+
+
+# ---------------------------------------------------------------- formats
+
+
+def test_csv_round_trip_with_multiline_fields_and_index_column(tmp_path):
+    path = tmp_path / "data.csv"
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["", "id", "text", "topic"])  # pandas' to_csv() writes an unnamed index
+        w.writerow([0, "a1", "First line,\nsecond line with a \"quote\".\n\n\n\nFourth.", "depression"])
+        w.writerow([1, "a2", SPEECHES[1], ""])
+    stats, rows = ingest_file(path, tmp_path, id_column="id", topic_column="topic")
+    assert stats["items_in"] == 2 and stats["items_out"] == 2
+    assert rows[0] == {"id": "a1", "text": 'First line,\nsecond line with a "quote".\n\nFourth.',
+                       "topic": "depression", "context": [], "source": "data.csv"}
+    assert rows[1]["topic"] is None
+
+
+def test_jsonl_round_trip(tmp_path):
+    path = tmp_path / "data.ndjson"
+    path.write_text("\n".join(json.dumps({"text": t, "n": i}) for i, t in enumerate(SPEECHES)) + "\n\n")
+    stats, rows = ingest_file(path, tmp_path, id_column="n")
+    assert [r["text"] for r in rows] == SPEECHES
+    assert [r["id"] for r in rows] == ["0", "1", "2"]
+
+
+@pytest.mark.parametrize("wrap", [lambda items: items, lambda items: {"data": items}])
+def test_json_round_trip(tmp_path, wrap):
+    path = tmp_path / "data.json"
+    path.write_text(json.dumps(wrap([{"body": t} for t in SPEECHES])))
+    stats, rows = ingest_file(path, tmp_path, text_column="body")
+    assert [r["text"] for r in rows] == SPEECHES
+
+
+def test_parquet_round_trip(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "data.parquet"
+    context = [[{"role": "user", "content": "Hi."}, {"role": "assistant", "content": "Hello, go on."}], [], None]
+    pq.write_table(pa.table({"text": SPEECHES, "id": [7, 8, 9], "ctx": context}), path)
+    stats, rows = ingest_file(path, tmp_path, id_column="id", context_column="ctx")
+    assert [r["text"] for r in rows] == SPEECHES and [r["id"] for r in rows] == ["7", "8", "9"]
+    assert rows[0]["context"] == [{"role": "client", "content": "Hi."},
+                                  {"role": "counselor", "content": "Hello, go on."}]
+    assert rows[1]["context"] == rows[2]["context"] == []
+
+
+def test_txt_round_trip(tmp_path):
+    path = tmp_path / "speeches.txt"
+    path.write_text(f"\n\n{SPEECHES[0]}\nstill the first.\r\n \r\n{SPEECHES[1]}\n\n\n\n{SPEECHES[2]}\n")
+    stats, rows = ingest_file(path, tmp_path)
+    assert [r["text"] for r in rows] == [SPEECHES[0] + "\nstill the first.", SPEECHES[1], SPEECHES[2]]
+    assert stats["items_in"] == 3
+
+
+def test_explicit_format_overrides_extension(tmp_path):
+    path = tmp_path / "data.dat"
+    path.write_text(json.dumps({"text": SPEECHES[0]}) + "\n")
+    assert ingest_file(path, tmp_path, format="jsonl")[0]["items_out"] == 1
+
+
+# ---------------------------------------------------------------- context
+
+
+def test_context_column_as_json_string(tmp_path):
+    path = tmp_path / "data.csv"
+    turns = [{"role": "client", "content": "I  feel stuck."}, {"role": "counselor", "content": "Stuck how?"}]
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows([["text", "history"], [SPEECHES[0], json.dumps(turns)], [SPEECHES[0], ""]])
+    stats, rows = ingest_file(path, tmp_path, context_column="history")
+    # Same text, different context: two different speeches, with different ids.
+    assert stats["items_out"] == 2 and rows[0]["id"] != rows[1]["id"]
+    assert rows[0]["context"][0] == {"role": "client", "content": "I feel stuck."}
+    assert rows[1]["context"] == []
+
+
+@pytest.mark.parametrize("cell, message", [
+    ("[{not json", "context is not valid JSON"),
+    ('{"role": "client"}', "context must be a list"),
+    ('[{"role": "therapist", "content": "x"}]', "context turn 1 needs a role in client, counselor, user, assistant"),
+])
+def test_bad_context_is_a_user_error(tmp_path, cell, message):
+    path = tmp_path / "data.jsonl"
+    path.write_text(json.dumps({"text": SPEECHES[0], "ctx": cell}) + "\n")
+    with pytest.raises(UserError, match="record 1: " + message):
+        ingest_file(path, tmp_path, context_column="ctx")
+
+
+# ---------------------------------------------------------------- filters
+
+
+def test_filters_and_their_counts(tmp_path):
+    path = tmp_path / "data.jsonl"
+    long_text = "word " * 300
+    records = [{"text": SPEECHES[0]}, {"text": ""}, {"text": "  \u200b "}, {"other": 1}, {"text": None},
+               {"text": "too short"}, {"text": long_text}, {"text": SPEECHES[0].upper()},
+               {"text": SPEECHES[1]}, {"text": SPEECHES[2]}]
+    path.write_text("\n".join(json.dumps(r) for r in records))
+    stats, rows = ingest_file(path, tmp_path, min_chars=20, max_chars=1000, limit=2)
+    assert stats["items_in"] == 10 and stats["items_out"] == 2 and stats["failed"] == 0
+    assert stats["dropped"] == {"empty": 4, "too_short": 1, "too_long": 1, "exact_duplicate": 1,
+                                "near_duplicate": 0}
+    assert stats["over_limit"] == 1
+    assert [r["text"] for r in rows] == SPEECHES[:2]
+    log = "\n".join(stats["log"])
+    for reason in ("empty: dropped 4", "too_short (< 20 chars): dropped 1", "too_long (> 1000 chars): dropped 1",
+                   "exact_duplicate: dropped 1", "near_duplicate", "limit 2: dropped 1", "wrote 2 speeches"):
+        assert reason in log
+    assert not any(word in log for word in ("feeling", "money", "FEELING"))  # no speech text in logs
+
+
+def test_length_is_measured_after_normalising(tmp_path):
+    path = tmp_path / "data.txt"
+    path.write_text("a   b \u200b\u200b c")  # 5 characters once normalised
+    assert ingest_file(path, tmp_path, min_chars=5, max_chars=5)[0]["items_out"] == 1
+    assert ingest_file(path, tmp_path, min_chars=6)[0]["dropped"]["too_short"] == 1
+
+
+# ---------------------------------------------------------------- deduplication
+
+FORTY = ("lately i have been waking up at four in the morning with my heart racing and i cannot get back "
+         "to sleep because i keep going over everything i said at work the day before and wondering if "
+         "people think").split()
+
+
+def test_near_duplicate_one_word_changed_is_dropped_at_09(tmp_path):
+    assert len(FORTY) == 40
+    changed = FORTY[:-1] + ["believe"]
+    # 38 shingles each; changing the last word changes 1 of them: Jaccard 37/39 = 0.95.
+    assert jaccard(shingles(" ".join(FORTY)), shingles(" ".join(changed))) == pytest.approx(37 / 39)
+    unrelated = " ".join(words(40, seed=1))
+    path = tmp_path / "data.txt"
+    path.write_text("\n\n".join([" ".join(FORTY), " ".join(changed), unrelated]))
+    stats, rows = ingest_file(path, tmp_path, near_duplicate_threshold=0.9)
+    assert stats["dropped"]["near_duplicate"] == 1
+    assert [r["text"] for r in rows] == [" ".join(FORTY), unrelated]  # first occurrence wins
+    assert ingest_file(path, tmp_path, near_duplicate_threshold=1.0)[0]["items_out"] == 3
+
+
+def test_a_word_changed_mid_text_changes_three_shingles():
+    # A word in the middle sits in 3 shingles: Jaccard (38-3)/(38+3) = 0.854 for 40 words, so at
+    # 0.9 such a pair is kept; a 3-shingle measure needs ~60 words to call it a near duplicate.
+    changed = FORTY[:20] + ["elephant"] + FORTY[21:]
+    docs = [" ".join(FORTY), " ".join(changed)]
+    assert jaccard(shingles(docs[0]), shingles(docs[1])) == pytest.approx(35 / 41)
+    assert dedupe(docs, 0.9) == [None, None]
+    assert dedupe(docs, 0.85) == [None, "near_duplicate"]
+
+
+def test_dedupe_matches_brute_force():
+    rng = random.Random(0)
+    docs = []
+    for i in range(300):
+        if docs and rng.random() < 0.4:  # an edited copy of an earlier doc
+            w = rng.choice(docs).split()
+            for _ in range(rng.randrange(4)):
+                w[rng.randrange(len(w))] = rng.choice(["x", "y", "z"])
+            docs.append(" ".join(w + ["extra"] * rng.randrange(2)))
+        else:
+            docs.append(" ".join(words(rng.randrange(3, 60), seed=i)))
+    for threshold in (0.5, 0.7, 0.9):
+        kept: list[set] = []
+        expected = []
+        for i, d in enumerate(docs):
+            if d.casefold() in {x.casefold() for x in docs[:i]}:
+                expected.append("exact_duplicate")
+            elif any(jaccard(shingles(d), k) >= threshold for k in kept):
+                expected.append("near_duplicate")
+            else:
+                expected.append(None)
+                kept.append(shingles(d))
+        assert dedupe(docs, threshold) == expected
+
+
+def test_dedupe_30k_speeches_in_seconds():
+    rng = random.Random(0)
+    common = "i do not know what to do and i feel like".split()  # shared by every doc
+    docs = [" ".join(common + words(rng.randrange(20, 120), seed=i)) for i in range(30_000)]
+    docs += [d + " again" for d in docs[:1000]]
+    start = time.perf_counter()
+    verdicts = dedupe(docs, 0.9)
+    assert time.perf_counter() - start < 15  # about 2 s here; an all-pairs scan takes minutes
+    assert verdicts.count("near_duplicate") >= 1000
+
+
+# ---------------------------------------------------------------- normalising and PII
+
+
+@pytest.mark.parametrize("raw, clean", [
+    ("caf\u0065\u0301 \uff11\uff12", "caf\u00e9 12"),
+    ("a\u200b\u200c\u200d\ufeffb\x00\x1b", "ab"),
+    ("one\t\t two  \u00a0three", "one two three"),
+    ("  x  \n\n\n\n  y  \n", "x\n\ny"),
+    ("line\r\nbreak\u2028sep", "line\nbreak\nsep"),
+])
+def test_normalise_cases(raw, clean):
+    assert normalise_text(raw) == clean
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=80)
+       | st.text(alphabet=" \t\n\r\u200b\u200d\u00a0\u0301\u00a8e\uff21x", max_size=40))
+def test_normalise_is_idempotent(text):
+    once = normalise_text(text)
+    assert normalise_text(once) == once
+    assert "\n\n\n" not in once and "  " not in once and once == once.strip()
+
+
+@pytest.mark.parametrize("raw, clean", [
+    ("write to me at sam_o'neil@example.co.uk.", "write to me at [EMAIL]."),
+    ("My number is +1 (555) 010-9999 or 555.010.9999", "My number is [PHONE] or [PHONE]"),
+    ("text 07700 900123, 06 12 34 56 78 or +447700900123", "text [PHONE], [PHONE] or [PHONE]"),
+    ("born 01 02 1990, on 01.02.2019, 3 kids, 5551234567", "born 01 02 1990, on 01.02.2019, 3 kids, [PHONE]"),
+    ("see http://x.org/path, or WWW.example.com/page)", "see [URL], or [URL])"),
+    ("dm @therapy.fan.", "dm [HANDLE]."),
+    ("I am 34 and have been married since 2019, 12 years after 2007.",
+     "I am 34 and have been married since 2019, 12 years after 2007."),
+    ("I earned 120,000 in 2018-2019 and lost 15 lbs in 3.5 months", "I earned 120,000 in 2018-2019 and lost 15 lbs in 3.5 months"),
+])
+def test_scrub_pii_cases(raw, clean):
+    assert scrub_pii(raw) == clean
+
+
+def test_scrub_pii_in_run_and_context(tmp_path):
+    path = tmp_path / "data.jsonl"
+    ctx = [{"role": "user", "content": "I'm jo@example.com"}]
+    path.write_text(json.dumps({"text": "Call me on 555-123-4567 please, I am 34.", "ctx": ctx}))
+    rows = ingest_file(path, tmp_path, scrub_pii=True, context_column="ctx")[1]
+    assert rows[0]["text"] == "Call me on [PHONE] please, I am 34."
+    assert rows[0]["context"][0]["content"] == "I'm [EMAIL]"
+
+
+# ---------------------------------------------------------------- ids
+
+
+def test_ids_are_stable_and_content_based(tmp_path):
+    path = tmp_path / "data.txt"
+    path.write_text("\n\n".join(SPEECHES))
+    first = [r["id"] for r in ingest_file(path, tmp_path)[1]]
+    assert first == [r["id"] for r in ingest_file(path, tmp_path)[1]]
+    assert all(i.startswith("s-") and len(i) == 14 for i in first) and len(set(first)) == 3
+    path.write_text("\n\n".join(["  " + SPEECHES[0] + "\u200b"] + SPEECHES[1:]))  # same once normalised
+    assert first == [r["id"] for r in ingest_file(path, tmp_path)[1]]
+
+
+def test_reused_ids_are_made_unique(tmp_path):
+    path = tmp_path / "data.jsonl"
+    path.write_text("\n".join(json.dumps({"id": 5, "text": t}) for t in SPEECHES))
+    stats, rows = ingest_file(path, tmp_path, id_column="id")
+    assert [r["id"] for r in rows] == ["5", "5-2", "5-3"] and stats["ids_made_unique"] == 2
+
+
+# ---------------------------------------------------------------- user errors
+
+
+def test_missing_text_column_lists_columns(tmp_path):
+    path = tmp_path / "data.csv"
+    path.write_text("a,b,c\n1,2,3\n")
+    with pytest.raises(UserError) as e:
+        ingest_file(path, tmp_path)
+    assert str(e.value) == "data.csv has no column 'text'; its columns are: a, b, c (use --text-column)"
+    with pytest.raises(UserError, match=r"no column 'topic'.*\(use --topic-column\)"):
+        ingest_file(path, tmp_path, text_column="a", topic_column="topic")
+
+
+def test_file_errors(tmp_path):
+    with pytest.raises(UserError, match="no input file configured"):
+        run(IngestConfig(), tmp_path / "out.jsonl")
+    with pytest.raises(UserError, match=f"input file not found: {tmp_path / 'nope.csv'}"):
+        ingest_file(tmp_path / "nope.csv", tmp_path)
+    with pytest.raises(UserError, match="is a directory, not a file"):
+        ingest_file(tmp_path, tmp_path)
+    (tmp_path / "data.xlsx").write_text("x")
+    with pytest.raises(UserError) as e:
+        ingest_file(tmp_path / "data.xlsx", tmp_path)
+    assert str(e.value) == (f"unknown format '.xlsx' for {tmp_path / 'data.xlsx'}; "
+                            "use --format csv|jsonl|json|parquet|txt")
+    for name, content in [("empty.csv", b""), ("blank.jsonl", b"\n \n"), ("empty.parquet", b"")]:
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(UserError, match=f"{name} is empty$"):
+            ingest_file(tmp_path / name, tmp_path)
+
+
+def test_non_utf8_names_byte_and_offset(tmp_path):
+    path = tmp_path / "latin1.csv"
+    path.write_bytes("text\ncaf\u00e9\n".encode("latin-1"))
+    with pytest.raises(UserError) as e:
+        ingest_file(path, tmp_path)
+    assert str(e.value) == f"{path} is not valid UTF-8 (byte 0xe9 at offset 8); re-encode it as UTF-8"
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("bad.jsonl", '{"text": "a"}\n\n{"text": oops}\n', "bad.jsonl line 3: not valid JSON"),
+    ("list.jsonl", '{"text": "a"}\n[1]\n', "list.jsonl line 2: expected a JSON object"),
+    ("bad.json", '[{"text": "a"},', r"bad.json: not valid JSON \(line 1 column"),
+    ("scalar.json", '{"rows": []}', r'scalar.json: expected a list of objects or \{"data": \[...\]\}'),
+    ("bad.parquet", "not parquet at all", "bad.parquet is not a readable Parquet file"),
+    ("header.csv", "text,topic\n", "header.csv has no records"),
+    ("nothing.json", '{"data": []}', "nothing.json has no records"),
+])
+def test_malformed_files(tmp_path, name, content, message):
+    (tmp_path / name).write_text(content)
+    with pytest.raises(UserError, match=message):
+        ingest_file(tmp_path / name, tmp_path)
+
+
+def test_no_traceback_chain(tmp_path):
+    (tmp_path / "bad.jsonl").write_text("{oops\n")
+    with pytest.raises(UserError) as e:
+        ingest_file(tmp_path / "bad.jsonl", tmp_path)
+    assert e.value.__cause__ is None and e.value.__suppress_context__ and "\n" not in str(e.value)
+
+
+# ---------------------------------------------------------------- real data
+
+
+def test_counsel_chat(tmp_path):
+    if not COUNSEL_CHAT.is_file():
+        pytest.skip(f"CounselChat CSV not found at {COUNSEL_CHAT} (the shared data folder is not checked out)")
+    stats, rows = ingest_file(COUNSEL_CHAT, tmp_path, text_column="questionText", id_column="questionID",
+                              topic_column="topic", max_chars=100_000, near_duplicate_threshold=1.0)
+    # 2,129 rows = one per answer; the question text repeats once per answer. There are 815
+    # questionID values but 824 distinct question texts: this export reuses ids 1-20 for two
+    # different questions each, and gives 9 texts two ids each (e.g. the same question as 1 and
+    # 12). So exact-text dedupe keeps 824 speeches; 9 of them get a -2 suffix on an id already
+    # used, and their ids without that suffix are exactly the 815 questionIDs.
+    assert stats["items_in"] == 2129
+    assert stats["items_out"] == len(rows) == 824
+    assert stats["dropped"] == {"empty": 0, "too_short": 0, "too_long": 0, "exact_duplicate": 1305,
+                                "near_duplicate": 0}
+    assert stats["ids_made_unique"] == 9 and len({r["id"] for r in rows}) == 824
+    assert len({r["id"].split("-")[0] for r in rows}) == 815
+    assert len({r["text"].casefold() for r in rows}) == 824
+    assert {r["source"] for r in rows} == {COUNSEL_CHAT.name} and all(r["topic"] for r in rows)
+    assert "\n" in rows[0]["text"] and "   " not in rows[0]["text"]  # multi-line quoted, normalised
