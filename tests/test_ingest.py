@@ -13,10 +13,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from psychocounsel import ingest
+from psychocounsel import cleaning, ingest
+from psychocounsel import dedupe as dedupe_module
 from psychocounsel.config import IngestConfig
 from psychocounsel.errors import UserError
-from psychocounsel.ingest import dedupe, jaccard, normalise_text, run, scrub_pii, shingles
+from psychocounsel.cleaning import normalise_text, scrub_pii
+from psychocounsel.dedupe import dedupe, jaccard, shingles
+from psychocounsel.ingest import run
 from psychocounsel.store import read_jsonl
 
 COUNSEL_CHAT = Path(__file__).resolve().parents[1].parent / "shared/data/counsel-chat/20200325_counsel_chat.csv"
@@ -43,9 +46,10 @@ def words(n: int, seed: int) -> list[str]:
     return random.Random(seed).choices(VOCAB, k=n)
 
 
-def test_doctests():
-    result = doctest.testmod(ingest)
-    assert result.attempted >= 10 and result.failed == 0
+@pytest.mark.parametrize("module", [ingest, cleaning, dedupe_module])
+def test_doctests(module):
+    result = doctest.testmod(module)
+    assert result.attempted >= 2 and result.failed == 0
 
 
 # ---------------------------------------------------------------- formats

@@ -53,3 +53,48 @@ def test_until_stops_after_the_stage(tmp_path, tiny_lm):
     cfg, run = _config(tmp_path, tiny_lm), tmp_path / "run"
     assert main(["run", str(cfg), "--run-dir", str(run), "--until", "ingest", "-q"]) == 0
     assert (run / "speeches.jsonl").exists() and not (run / "responses.jsonl").exists()
+
+
+def test_run_against_openai_compatible_endpoint(tmp_path):
+    """Generators and an LLM json judge on a real HTTP server on 127.0.0.1: the same config path
+    a vLLM or OpenAI user takes, including a 500 that is retried and an unparseable judge reply."""
+    from openai_server import FakeOpenAI, Reply
+
+    def handler(body):
+        prompt = body["messages"][-1]["content"]
+        if "Answer with one JSON object" in prompt:
+            if "BROKEN" in prompt:
+                return Reply.ok("I'd rather not score this.")
+            # A deterministic judge: the warm generator's replies get higher empathy.
+            empathy = 5 if "Warm-reply" in prompt else 2
+            scores = {k: 3 for k in ("relevance", "clarity", "safety", "exploration", "autonomy", "staging")}
+            return Reply.ok(json.dumps({"scores": dict(scores, empathy=empathy), "rationale": "ok"}))
+        style = body["messages"][0]["content"] if body["messages"][0]["role"] == "system" else ""
+        return Reply.ok("Warm-reply: that sounds heavy. What feels hardest?" if "warm" in style else "BROKEN" if "x" in style else "ok.")
+
+    with FakeOpenAI() as server:
+        server.handler = handler
+        server.push(Reply.error(500, "overloaded"))
+        backend = {"spec": "openai:fake-model", "base_url": server.url, "max_retries": 2}
+        cfg = {"ingest": {"input": str(write_speeches(tmp_path / "s.jsonl", 6))},
+               "generate": {"k": 3, "pool": [{"name": "warm", "backend": backend, "system_prompt": "be warm"},
+                                             {"name": "terse", "backend": backend, "system_prompt": "be terse"},
+                                             {"name": "broken", "backend": backend, "system_prompt": "x"}]},
+               "rate": {"judge": {"type": "llm", "backend": backend, "mode": "json", "retries": 1}},
+               "pairs": {"test_fraction": 0.0, "min_gap": 0.4}}
+        path = tmp_path / "cfg.yaml"
+        path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
+        assert main(["run", str(path), "--run-dir", str(tmp_path / "run"), "-q"]) == 0
+        n_requests = len(server.requests)
+        assert main(["run", str(path), "--run-dir", str(tmp_path / "run"), "-q"]) == 0
+        assert len(server.requests) == n_requests, "a rerun must make no calls"
+
+    stages = json.loads((tmp_path / "run" / "run.json").read_text())["stages"]
+    ratings = [json.loads(x) for x in (tmp_path / "run" / "ratings.jsonl").read_text().splitlines()]
+    failed = [r for r in ratings if r["failed"]]
+    assert len(failed) == 6 and all(r["scores"] == {} and "after 2 attempts" in r["error"] for r in failed)
+    assert stages["rate"]["failed"] == 6
+    train = pq.read_table(tmp_path / "run" / "pairs" / "train.parquet").to_pylist()
+    # warm (empathy 5) beats terse (empathy 2) on every speech: a gap of 3/7 ~ 0.43 >= 0.4.
+    assert len(train) == 6 and {(r["chosen_model"], r["rejected_model"]) for r in train} == {("warm", "terse")}
+    assert all(r["chosen_empathy_rating"] == 5 and r["rejected_empathy_rating"] == 2 for r in train)

@@ -12,12 +12,12 @@ import io
 import json
 import math
 import re
-import unicodedata
-from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any, Callable
 
+from .cleaning import LINE_BREAKS, normalise_text, scrub_pii
 from .config import IngestConfig
+from .dedupe import dedupe
 from .errors import UserError
 from .records import Speech
 from .store import stable_hash, write_jsonl
@@ -27,176 +27,6 @@ FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json"
 DROP_REASONS = ("empty", "too_short", "too_long", "exact_duplicate", "near_duplicate")
 # Stored roles are the Speech ones; user/assistant (chat-style exports) map onto them.
 ROLES = {"client": "client", "counselor": "counselor", "user": "client", "assistant": "counselor"}
-
-# ---------------------------------------------------------------- normalising and scrubbing
-
-# Line breaks other than "\n" (CR, VT, FF, NEL, U+2028/9): str.splitlines() honours them all.
-_LINE_BREAKS = re.compile(r"\r\n|[\r\x0b\x0c\x85\u2028\u2029]")
-_SPACES = re.compile(r"[^\S\n]+")
-_BLANK_RUNS = re.compile(r"\n{3,}")
-
-
-def _strip_invisible(text: str) -> str:
-    # Cc = control characters, Cf = zero-width and bidi marks (ZWSP, ZWJ, BOM, LRM...): invisible
-    # chars that would otherwise make two identical-looking speeches differ.
-    return "".join(c for c in text if c in "\n\t" or unicodedata.category(c) not in ("Cc", "Cf"))
-
-
-def normalise_text(text: str) -> str:
-    """NFKC, no invisible characters, single spaces, at most one blank line, stripped lines.
-
-    >>> normalise_text("  Hello\\u200b   world\\t!  \\r\\n\\r\\n\\r\\n\\n  Bye\\x07 ")
-    'Hello world !\\n\\nBye'
-    >>> normalise_text("\\uff21\\u00a0\\ufb01")  # full-width A, no-break space, "fi" ligature
-    'A fi'
-    >>> normalise_text(" \\n \\t ")
-    ''
-    """
-    # Invisible characters go before NFKC too: "e" + ZWJ + U+0301 only composes to "é" once the
-    # ZWJ is gone, and the result must already be NFKC for normalise_text to be idempotent.
-    text = _strip_invisible(_LINE_BREAKS.sub("\n", text))
-    text = _strip_invisible(unicodedata.normalize("NFKC", text))
-    text = _SPACES.sub(" ", text)
-    text = "\n".join(line.strip() for line in text.split("\n"))
-    return _BLANK_RUNS.sub("\n\n", text).strip()
-
-
-_EMAIL = re.compile(r"[\w.+'%-]+@[\w-]+(?:\.[\w-]+)*\.[A-Za-z]{2,}\b")
-# A URL or handle ends before trailing punctuation: "see www.x.org." keeps its full stop.
-_URL = re.compile(r"(?:https?://|\bwww\.)[^\s<>\"']*[^\s<>\"'.,;:!?)\]}]", re.IGNORECASE)
-_HANDLE = re.compile(r"(?<![\w@.])@[A-Za-z_](?:[A-Za-z0-9_.]{0,28}[A-Za-z0-9_])?(?![\w@])")
-_PHONE = re.compile(
-    r"""(?<![\w+])(?:
-        \+\d{1,3}[ .-]?(?:\(\d{1,4}\)[ .-]?)?\d{1,4}(?:[ .-]?\d{2,4}){1,4}  # +44 20 7946 0958
-      | (?:1[ .-]?)?(?:\(\d{3}\)[ ]?|\d{3}[ .-]?)\d{3}[ .-]?\d{4}          # (555) 123-4567
-      | [2-9]\d{2}[.-]\d{4}                                               # 555-1234 (NANP: 2-9)
-      | (?P<trunk>0\d{1,4}(?:[ -]?\d{2,6}){1,4})                           # 07700 900123
-    )(?!\w)""",
-    re.VERBOSE,
-)
-
-
-def _phone(match: re.Match) -> str:
-    # 7 digits is a US local number; fewer are ages, years and counts. A national number with a
-    # trunk 0 needs 10 (UK, France, Germany have 10-11), so "01 02 2019" stays a date.
-    need = 10 if match.group("trunk") else 7
-    return "[PHONE]" if sum(c.isdigit() for c in match.group()) >= need else match.group()
-
-
-def scrub_pii(text: str) -> str:
-    """Replace emails, URLs, @handles and phone numbers with placeholders.
-
-    >>> scrub_pii("Mail me at jo.doe+x@mail.example.com or see https://example.com/a?b=1.")
-    'Mail me at [EMAIL] or see [URL].'
-    >>> scrub_pii("Call 555-123-4567, (555) 123-4567, +44 20 7946 0958, 07700 900123 or 555-1234!")
-    'Call [PHONE], [PHONE], [PHONE], [PHONE] or [PHONE]!'
-    >>> scrub_pii("I follow @jane_doe and visit www.example.org daily")
-    'I follow [HANDLE] and visit [URL] daily'
-    >>> scrub_pii("I am 34, married in 2019, from 1990-1995, on 2019-03-25, earn $1,500,000.")
-    'I am 34, married in 2019, from 1990-1995, on 2019-03-25, earn $1,500,000.'
-    >>> scrub_pii("We meet @ 5pm, 3 times a week")
-    'We meet @ 5pm, 3 times a week'
-    """
-    text = _EMAIL.sub("[EMAIL]", text)  # before URLs, so the host of an email is not a URL
-    text = _URL.sub("[URL]", text)
-    text = _HANDLE.sub("[HANDLE]", text)
-    return _PHONE.sub(_phone, text)
-
-
-# ---------------------------------------------------------------- near-duplicate detection
-
-_WORD = re.compile(r"\w+")
-
-
-def shingles(text: str, n: int = 3) -> set[str]:
-    """Casefolded word n-grams; a text shorter than n words is one shingle.
-
-    >>> sorted(shingles("I feel  so TIRED, always"))
-    ['feel so tired', 'i feel so', 'so tired always']
-    >>> shingles("Help me")
-    {'help me'}
-    """
-    words = _WORD.findall(text.casefold())
-    if len(words) < n:
-        return {" ".join(words)} if words else set()
-    return {" ".join(gram) for gram in zip(*(words[k:] for k in range(n)))}
-
-
-def jaccard(a: set, b: set) -> float:
-    """|a & b| / |a | b|.
-
-    >>> jaccard({1, 2, 3}, {2, 3, 4})
-    0.5
-    """
-    return len(a & b) / len(a | b) if a or b else 1.0
-
-
-def _prefix_len(size: int, threshold: float) -> int:
-    # Prefix filter (Chaudhuri et al. 2006): with every set sorted by one global order, two sets
-    # with Jaccard >= t share an element within the first size - ceil(t * size) + 1 of each.
-    # The 1e-9 keeps 0.7 * 10 = 7.000000000000001 from rounding up to 8.
-    return size - math.ceil(threshold * size - 1e-9) + 1
-
-
-def dedupe(docs: list[str], threshold: float) -> list[str | None]:
-    """For each doc, in order: None (keep), "exact_duplicate" or "near_duplicate" of a kept doc.
-
-    Exact = same casefolded text. Near = word 3-shingle Jaccard >= threshold with a kept doc;
-    threshold 1.0 means exact only. Candidates come from an inverted index of the rarest
-    shingles of each kept doc (prefix filtering), so common shingles ("i don t") never make
-    the comparison quadratic; each candidate is then checked exactly.
-
-    >>> base = "one two three four five six seven eight nine ten eleven twelve"
-    >>> dedupe([base, base.upper(), base + " thirteen", "something else entirely"], 0.9)
-    [None, 'exact_duplicate', 'near_duplicate', None]
-    >>> dedupe([base, base + " thirteen"], 1.0)
-    [None, None]
-    """
-    sets = [shingles(d) for d in docs] if threshold < 1.0 else []
-    df: Counter[str] = Counter()
-    for shs in sets:
-        df.update(shs)
-    # Global order: rarest first. Shingles in one doc only (most of them) can match nothing, so
-    # they are not ranked at all, just counted as the head of each doc's prefix.
-    shared = sorted((s for s, n in df.items() if n > 1), key=lambda s: (df[s], s))
-    rank = {s: r for r, s in enumerate(shared)}
-    index: dict[int, list[int]] = defaultdict(list)
-    seen: set[str] = set()
-    verdicts: list[str | None] = []
-    for i, doc in enumerate(docs):
-        key = doc.casefold()
-        if key in seen:
-            verdicts.append("exact_duplicate")
-            continue
-        seen.add(key)
-        if threshold < 1.0 and sets[i]:
-            ranked = sorted(rank[s] for s in sets[i] & rank.keys())
-            unique = len(sets[i]) - len(ranked)
-            prefix = ranked[: max(0, _prefix_len(len(sets[i]), threshold) - unique)]
-            if _has_near(sets, i, prefix, index, threshold):
-                verdicts.append("near_duplicate")
-                continue
-            for r in prefix:
-                index[r].append(i)
-        verdicts.append(None)
-    return verdicts
-
-
-def _has_near(sets: list[set], i: int, prefix: list[int], index: dict, threshold: float) -> bool:
-    size, checked = len(sets[i]), set()
-    for r in prefix:
-        for j in index.get(r, ()):
-            if j in checked:
-                continue
-            checked.add(j)
-            # Jaccard >= t needs t * |A| <= |B| <= |A| / t: skip candidates of the wrong size
-            # (1e-9: 0.7 * 10 is 7.000000000000001 in floating point).
-            other = len(sets[j])
-            if (threshold * size - 1e-9 <= other <= size / threshold + 1e-9
-                    and jaccard(sets[i], sets[j]) >= threshold):
-                return True
-    return False
-
 
 # ---------------------------------------------------------------- reading files
 
@@ -298,7 +128,7 @@ def _read_parquet(path: Path) -> Table:
 
 
 def _read_txt(text: str) -> Table:
-    blocks = re.split(r"\n[^\S\n]*\n", _LINE_BREAKS.sub("\n", text))  # blank line = new speech
+    blocks = re.split(r"\n[^\S\n]*\n", LINE_BREAKS.sub("\n", text))  # blank line = new speech
     return ["text"], [{"text": b} for b in blocks if b.strip()]
 
 

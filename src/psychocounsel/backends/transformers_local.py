@@ -6,7 +6,6 @@ in it, so the same batch gives the same text whether it runs first or after a re
 
 from __future__ import annotations
 
-import math
 import time
 from typing import Any
 

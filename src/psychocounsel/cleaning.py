@@ -1,0 +1,81 @@
+"""Cleaning client speech text: Unicode and whitespace normalisation, and PII scrubbing.
+
+Pure functions (doctested): text in, text out.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+
+# Line breaks other than "\n" (CR, VT, FF, NEL, U+2028/9): str.splitlines() honours them all.
+LINE_BREAKS = re.compile(r"\r\n|[\r\x0b\x0c\x85\u2028\u2029]")
+_SPACES = re.compile(r"[^\S\n]+")
+_BLANK_RUNS = re.compile(r"\n{3,}")
+
+
+def _strip_invisible(text: str) -> str:
+    # Cc = control characters, Cf = zero-width and bidi marks (ZWSP, ZWJ, BOM, LRM...): invisible
+    # chars that would otherwise make two identical-looking speeches differ.
+    return "".join(c for c in text if c in "\n\t" or unicodedata.category(c) not in ("Cc", "Cf"))
+
+
+def normalise_text(text: str) -> str:
+    """NFKC, no invisible characters, single spaces, at most one blank line, stripped lines.
+
+    >>> normalise_text("  Hello\\u200b   world\\t!  \\r\\n\\r\\n\\r\\n\\n  Bye\\x07 ")
+    'Hello world !\\n\\nBye'
+    >>> normalise_text("\\uff21\\u00a0\\ufb01")  # full-width A, no-break space, "fi" ligature
+    'A fi'
+    >>> normalise_text(" \\n \\t ")
+    ''
+    """
+    # Invisible characters go before NFKC too: "e" + ZWJ + U+0301 only composes to "é" once the
+    # ZWJ is gone, and the result must already be NFKC for normalise_text to be idempotent.
+    text = _strip_invisible(LINE_BREAKS.sub("\n", text))
+    text = _strip_invisible(unicodedata.normalize("NFKC", text))
+    text = _SPACES.sub(" ", text)
+    text = "\n".join(line.strip() for line in text.split("\n"))
+    return _BLANK_RUNS.sub("\n\n", text).strip()
+
+
+_EMAIL = re.compile(r"[\w.+'%-]+@[\w-]+(?:\.[\w-]+)*\.[A-Za-z]{2,}\b")
+# A URL or handle ends before trailing punctuation: "see www.x.org." keeps its full stop.
+_URL = re.compile(r"(?:https?://|\bwww\.)[^\s<>\"']*[^\s<>\"'.,;:!?)\]}]", re.IGNORECASE)
+_HANDLE = re.compile(r"(?<![\w@.])@[A-Za-z_](?:[A-Za-z0-9_.]{0,28}[A-Za-z0-9_])?(?![\w@])")
+_PHONE = re.compile(
+    r"""(?<![\w+])(?:
+        \+\d{1,3}[ .-]?(?:\(\d{1,4}\)[ .-]?)?\d{1,4}(?:[ .-]?\d{2,4}){1,4}  # +44 20 7946 0958
+      | (?:1[ .-]?)?(?:\(\d{3}\)[ ]?|\d{3}[ .-]?)\d{3}[ .-]?\d{4}          # (555) 123-4567
+      | [2-9]\d{2}[.-]\d{4}                                               # 555-1234 (NANP: 2-9)
+      | (?P<trunk>0\d{1,4}(?:[ -]?\d{2,6}){1,4})                           # 07700 900123
+    )(?!\w)""",
+    re.VERBOSE,
+)
+
+
+def _phone(match: re.Match) -> str:
+    # 7 digits is a US local number; fewer are ages, years and counts. A national number with a
+    # trunk 0 needs 10 (UK, France, Germany have 10-11), so "01 02 2019" stays a date.
+    need = 10 if match.group("trunk") else 7
+    return "[PHONE]" if sum(c.isdigit() for c in match.group()) >= need else match.group()
+
+
+def scrub_pii(text: str) -> str:
+    """Replace emails, URLs, @handles and phone numbers with placeholders.
+
+    >>> scrub_pii("Mail me at jo.doe+x@mail.example.com or see https://example.com/a?b=1.")
+    'Mail me at [EMAIL] or see [URL].'
+    >>> scrub_pii("Call 555-123-4567, (555) 123-4567, +44 20 7946 0958, 07700 900123 or 555-1234!")
+    'Call [PHONE], [PHONE], [PHONE], [PHONE] or [PHONE]!'
+    >>> scrub_pii("I follow @jane_doe and visit www.example.org daily")
+    'I follow [HANDLE] and visit [URL] daily'
+    >>> scrub_pii("I am 34, married in 2019, from 1990-1995, on 2019-03-25, earn $1,500,000.")
+    'I am 34, married in 2019, from 1990-1995, on 2019-03-25, earn $1,500,000.'
+    >>> scrub_pii("We meet @ 5pm, 3 times a week")
+    'We meet @ 5pm, 3 times a week'
+    """
+    text = _EMAIL.sub("[EMAIL]", text)  # before URLs, so the host of an email is not a URL
+    text = _URL.sub("[URL]", text)
+    text = _HANDLE.sub("[HANDLE]", text)
+    return _PHONE.sub(_phone, text)
