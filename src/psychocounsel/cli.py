@@ -133,8 +133,15 @@ def main(argv: list[str] | None = None) -> int:
 
             pipeline.run(load_config(args.config), args.run_dir, args.until, config_path=str(args.config))
         else:
+            from pydantic import ValidationError
+
+            from .config import format_validation_error
+
             cfg = _config(args)
-            _apply_overrides(cfg, args)
+            try:
+                _apply_overrides(cfg, args)
+            except ValidationError as e:
+                raise UserError(format_validation_error(e, "command line")) from None
             from .store import RunDir
 
             pipeline.run_stage(args.command, cfg, RunDir(args.run_dir))

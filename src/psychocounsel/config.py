@@ -15,7 +15,9 @@ from .errors import UserError
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # validate_assignment: command-line overrides are set on a loaded config and must meet the
+    # same bounds as the file.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
 class BackendConfig(_Strict):

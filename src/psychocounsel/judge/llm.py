@@ -108,6 +108,8 @@ class LLMJudge:
             error, raw = last[i]
             results[i] = Rating(resp.id, speech.id, self.name, failed=True,
                                 error=f"{error} (after {self.cfg.retries + 1} attempts)", raw=raw[:2000])
+            if progress:
+                progress(1)
         return [results[i] for i in range(len(items))]
 
     def _rate_logprob(self, items, progress) -> list[Rating]:

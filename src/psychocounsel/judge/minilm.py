@@ -166,10 +166,10 @@ class MiniLMJudge:
             offset += len(sents[i])
             if not resp.text.strip():
                 ratings.append(Rating(resp.id, speech.id, self.name, failed=True, error="empty response"))
-                continue
-            sim = float(speech_emb[i] @ resp_emb[i])
-            raw = self.raw_scores(sim, sent_emb, surface_cues(resp.text))
-            ratings.append(Rating(resp.id, speech.id, self.name, scores={k: to_scale(v, *self.calibration[k]) for k, v in raw.items()}))
+            else:
+                raw = self.raw_scores(float(speech_emb[i] @ resp_emb[i]), sent_emb, surface_cues(resp.text))
+                scores = {k: to_scale(v, *self.calibration[k]) for k, v in raw.items()}
+                ratings.append(Rating(resp.id, speech.id, self.name, scores=scores))
             if progress:
                 progress(1)
         return ratings

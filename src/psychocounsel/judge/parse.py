@@ -40,7 +40,9 @@ def _json_object(text: str) -> dict:
                     if depth == 0:
                         try:
                             obj = json.loads(cand[start : i + 1])
-                        except json.JSONDecodeError:
+                        # ValueError covers JSONDecodeError and over-long integers; deep nesting
+                        # raises RecursionError. Judge output never escapes as anything but ParseError.
+                        except (ValueError, RecursionError):
                             break
                         if isinstance(obj, dict):
                             return obj
@@ -77,7 +79,7 @@ def parse_json_scores(text: str, keys: list[str]) -> tuple[dict[str, float], str
             raise ParseError(f"score for '{key}' is not a number")
         try:
             num = float(value)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise ParseError(f"score for '{key}' is not a number") from None
         if not math.isfinite(num) or not 1 <= num <= 5:
             raise ParseError(f"score for '{key}' is {num}, outside 1-5")
