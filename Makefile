@@ -25,9 +25,11 @@ $(VENV)/.dev-done: pyproject.toml
 	touch $@
 
 # The offline CPU quickstart: configs/quickstart.yaml into $(RUN_DIR). Rerunning resumes.
+# Batched generation uses both cores: 133 tokens/s with 2 threads vs 109 with 1 (measured here).
 quickstart: setup
-	OMP_NUM_THREADS=1 $(BIN)/psychocounsel run configs/quickstart.yaml --run-dir $(RUN_DIR)
+	$(BIN)/psychocounsel run configs/quickstart.yaml --run-dir $(RUN_DIR)
 
+# Tests run tiny models, for which one thread is fastest and steadiest on 2 cores.
 test: dev
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q
 

@@ -102,8 +102,12 @@ def make_judge(name: str, rubric: Rubric, cache: Cache):
         return Similarity(rubric)
     if name == "minilm":
         return build_judge(JudgeConfig(type="minilm"), rubric, cache)
-    if name == "smollm2-logprob":
-        return build_judge(JudgeConfig(type="llm", mode="logprob", backend={"spec": "default", "batch_size": 8}), rubric, cache)
+    if name.startswith("smollm2-logprob"):
+        # "-any": score from the digits' renormalised probabilities however little mass they hold,
+        # to measure the ranking SmolLM2 would give if its non-answers were let through.
+        min_mass = 0.0 if name.endswith("-any") else 0.5
+        return build_judge(JudgeConfig(type="llm", mode="logprob", min_digit_mass=min_mass,
+                                       backend={"spec": "default", "batch_size": 8}), rubric, cache)
     raise SystemExit(f"unknown candidate {name}")
 
 
@@ -143,8 +147,10 @@ def evaluate(name: str, n_epitome: int, n_pairs: int, seed: int, cache: Cache) -
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--judges", default="similarity,minilm,smollm2-logprob",
-                    help="comma-separated candidates: similarity, minilm, smollm2-logprob")
+    ap.add_argument("--judges", default="similarity,minilm,smollm2-logprob,smollm2-logprob-any",
+                    help="comma-separated candidates: similarity, minilm, smollm2-logprob (SmolLM2-135M-"
+                    "Instruct as a logprob judge), smollm2-logprob-any (the same, scoring even replies that "
+                    "are not a digit)")
     ap.add_argument("--n-epitome", type=int, default=600, help="responses sampled per EPITOME file")
     ap.add_argument("--n-pairs", type=int, default=400, help="CounselChat answer pairs")
     ap.add_argument("--llm-scale", type=float, default=0.25,
@@ -166,7 +172,7 @@ def main() -> int:
     cache = Cache(args.out.with_suffix(".cache.sqlite"))
     results = []
     for name in args.judges.split(","):
-        is_llm = name.endswith("logprob")
+        is_llm = name.startswith("smollm2")
         n_epitome = int(args.n_epitome * args.llm_scale) if is_llm else args.n_epitome
         start = time.time()
         res = evaluate(name, n_epitome, args.llm_pairs if is_llm else args.n_pairs, args.seed, cache)

@@ -90,6 +90,8 @@ class JudgeConfig(_Strict):
     mode: Literal["json", "logprob"] = "json"
     max_tokens: int = Field(400, ge=1)  # json mode: room for seven scores and a rationale
     retries: int = Field(2, ge=0)  # extra attempts on unparseable output before the row is failed
+    # logprob mode: below this share of probability on "1".."5" the judge was not giving a score
+    min_digit_mass: float = Field(0.5, ge=0, le=1)
     embedding_model: str | None = None  # minilm: folder of a sentence-embedding model; None = packaged
 
     _coerce_backend = field_validator("backend", mode="before")(_backend)

@@ -27,17 +27,6 @@ def versions() -> dict[str, str]:
     return out
 
 
-def limit_threads() -> None:
-    """One torch thread on small CPUs: on 2 cores, two threads made small-model steps 10-40x
-    slower and erratic. OMP_NUM_THREADS, when set, wins."""
-    import os
-
-    if "OMP_NUM_THREADS" not in os.environ and (os.cpu_count() or 1) <= 2:
-        import torch
-
-        torch.set_num_threads(1)
-
-
 def run_stage(name: str, cfg: RunConfig, rundir: RunDir) -> dict[str, Any]:
     """Run one stage, time it, and overwrite ``stages.<name>`` in run.json with its figures."""
     start = time.perf_counter()
@@ -50,12 +39,10 @@ def run_stage(name: str, cfg: RunConfig, rundir: RunDir) -> dict[str, Any]:
     elif name == "generate":
         from . import generate
 
-        limit_threads()
         stats = generate.run(cfg.generate, rundir)
     elif name == "rate":
         from . import rate
 
-        limit_threads()
         stats = rate.run(cfg.rate, rundir)
     elif name == "pairs":
         from . import pairs

@@ -124,7 +124,7 @@ class LLMJudge:
                 try:
                     if comp.error:
                         raise ParseError(comp.error)
-                    scores[p.key] = expected_score(comp.top_logprobs)
+                    scores[p.key] = expected_score(comp.top_logprobs, self.cfg.min_digit_mass)
                 except ParseError as e:
                     errors.append(f"{p.key}: {e}")
                     raws.append(f"{p.key}: {comp.text!r}")

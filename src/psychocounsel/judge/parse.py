@@ -91,11 +91,12 @@ def parse_json_scores(text: str, keys: list[str]) -> tuple[dict[str, float], str
 MIN_DIGIT_MASS = 0.5  # below this the judge was not answering with a score at all
 
 
-def expected_score(top_logprobs: dict[str, float] | None) -> float:
+def expected_score(top_logprobs: dict[str, float] | None, min_mass: float = MIN_DIGIT_MASS) -> float:
     """Expected 1-5 score under the judge's next-token probabilities for "1".."5".
 
     The five probabilities are renormalised; if together they hold less than MIN_DIGIT_MASS of
-    the probability, the judge was saying something else and this is a ParseError.
+    ``min_mass`` of the probability, the judge was saying something else and this is a
+    ParseError (as it is when no digit is among the top tokens at all).
 
     >>> round(expected_score({"4": math.log(0.6), "5": math.log(0.3), "The": math.log(0.1)}), 4)
     4.3333
@@ -108,6 +109,6 @@ def expected_score(top_logprobs: dict[str, float] | None) -> float:
         raise ParseError("no logprobs returned (does the server support logprobs?)")
     probs = {d: math.exp(top_logprobs[str(d)]) for d in range(1, 6) if str(d) in top_logprobs}
     mass = sum(probs.values())
-    if mass < MIN_DIGIT_MASS:
-        raise ParseError(f"digits 1-5 hold {mass:.0%} of the probability (need {MIN_DIGIT_MASS:.0%})")
+    if mass <= 0 or mass < min_mass:
+        raise ParseError(f"digits 1-5 hold {mass:.0%} of the probability (need {min_mass:.0%})")
     return sum(d * p for d, p in probs.items()) / mass
