@@ -45,6 +45,26 @@ def pair_accuracy(pos: np.ndarray, neg: np.ndarray) -> float:
     return float((diff > 0).mean() + 0.5 * (diff == 0).mean())
 
 
+def bootstrap_ci(metric, *arrays: np.ndarray, n: int = 1000, seed: int = 0) -> list[float]:
+    """95% percentile-bootstrap interval of ``metric(*arrays)``, resampling rows."""
+    rng = np.random.default_rng(seed)
+    size = len(arrays[0])
+    stats = []
+    for _ in range(n):
+        idx = rng.integers(0, size, size)
+        stats.append(metric(*(a[idx] for a in arrays)))
+    lo, hi = np.nanpercentile(stats, [2.5, 97.5])
+    return [round(float(lo), 3), round(float(hi), 3)]
+
+
+def _acc2v0(x: np.ndarray, lv: np.ndarray) -> float:
+    return pair_accuracy(x[lv == 2], x[lv == 0])
+
+
+def _pref_acc(d: np.ndarray) -> float:
+    return float((d > 0).mean() + 0.5 * (d == 0).mean())
+
+
 def load_epitome(name: str, n: int, seed: int) -> list[dict]:
     with open(DATA / "epitome-empathy" / f"{name}-reddit.csv", encoding="utf-8", newline="") as f:
         rows = [r for r in csv.DictReader(f) if r["seeker_post"].strip() and r["response_post"].strip()]
@@ -125,7 +145,7 @@ def evaluate(name: str, n_epitome: int, n_pairs: int, seed: int, cache: Cache) -
 
         out[file] = {"n": len(ok), "failed": len(rows) - len(ok), "principle": key,
                      "spearman": float(spearmanr(x, lv).statistic),
-                     "acc_level2_vs_0": pair_accuracy(x[lv == 2], x[lv == 0])}
+                     "acc_level2_vs_0": _acc2v0(x, lv), "acc_ci95": bootstrap_ci(_acc2v0, x, lv)}
     if n_pairs <= 0:
         out["counselchat-upvotes"] = {"n": 0, "skipped": "not run (see --llm-pairs)"}
         accs = [out[f]["acc_level2_vs_0"] for f in EPITOME]
@@ -139,7 +159,7 @@ def evaluate(name: str, n_epitome: int, n_pairs: int, seed: int, cache: Cache) -
     ok = [(full.score(a), full.score(b)) for a, b in zip(hi, lo) if a is not None and b is not None]
     d = np.array([a - b for a, b in ok])
     out["counselchat-upvotes"] = {"n": len(ok), "failed": len(pairs) - len(ok),
-                                  "accuracy": float((d > 0).mean() + 0.5 * (d == 0).mean())}
+                                  "accuracy": _pref_acc(d), "acc_ci95": bootstrap_ci(_pref_acc, d)}
     accs = [out[f]["acc_level2_vs_0"] for f in EPITOME] + [out["counselchat-upvotes"]["accuracy"]]
     out["mean_accuracy"] = float(np.mean(accs))
     return out

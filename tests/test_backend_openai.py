@@ -150,12 +150,22 @@ def test_connection_refused_is_retried_then_reported():
 
 @pytest.mark.parametrize("status", [400, 401, 404])
 def test_client_errors_are_not_retried(openai_server, status):
+    # Two requests, the second fine: a per-request 4xx is that row's error, not a stop.
     openai_server.push(Reply.error(status, f"Incorrect API key provided: {SECRET}. " + "x" * 300))
-    [c] = make_backend(openai_server.url).complete([ask("hi")])
-    assert len(openai_server.requests) == 1
+    c, ok = make_backend(openai_server.url, concurrency=1).complete([ask("hi"), ask("there")])
+    assert len(openai_server.requests) == 2 and ok.text
     assert c.text == "" and c.error.startswith(f"HTTP {status}: Incorrect API key provided: ***")
     assert SECRET not in c.error
     assert len(c.error) <= len(f"HTTP {status}: ") + 200
+
+
+@pytest.mark.parametrize("status", [401, 403, 404])
+def test_a_batch_that_fails_alike_on_auth_or_model_is_one_clear_error(openai_server, status):
+    openai_server.handler = lambda body: Reply.error(status, f"bad key {SECRET} or no such model")
+    with pytest.raises(UserError) as e:
+        make_backend(openai_server.url).complete([ask("a"), ask("b"), ask("c")])
+    assert f"HTTP {status}" in str(e.value) and SECRET not in str(e.value)
+    assert len(openai_server.requests) == 3  # each sent once, none retried
 
 
 def test_logprobs_requested_and_parsed(openai_server):

@@ -108,6 +108,9 @@ def _parse_retry_after(response: httpx.Response) -> float | None:
     return max(seconds, 0.0) if seconds is not None else None
 
 
+_CONFIG_ERRORS = ("HTTP 401", "HTTP 403", "HTTP 404")  # bad key, no access, unknown model or URL
+
+
 class OpenAIBackend(Backend):
     """Chat completions from an OpenAI-compatible HTTP server.
 
@@ -147,11 +150,18 @@ class OpenAIBackend(Backend):
         try:
             asyncio.get_running_loop()
         except RuntimeError:
-            return asyncio.run(self.acomplete(requests, progress))
-        # Called from inside a running event loop (a notebook, an async server): asyncio.run
-        # cannot nest, so run our own loop in a worker thread and block on it.
-        with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
-            return pool.submit(asyncio.run, self.acomplete(requests, progress)).result()
+            results = asyncio.run(self.acomplete(requests, progress))
+        else:
+            # Called from inside a running event loop (a notebook, an async server): asyncio.run
+            # cannot nest, so run our own loop in a worker thread and block on it.
+            with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+                results = pool.submit(asyncio.run, self.acomplete(requests, progress)).result()
+        # A wrong key, model name or URL fails every request alike: stop with one clear error
+        # instead of recording a failed row per request.
+        errors = {c.error for c in results}
+        if len(errors) == 1 and next(iter(errors)).startswith(_CONFIG_ERRORS):
+            raise UserError(f"{self.base_url} model {self.model!r}: {next(iter(errors))}")
+        return results
 
     async def acomplete(
         self, requests: list[ChatRequest], progress: Callable[[int], Any] | None = None
