@@ -11,6 +11,8 @@ from pathlib import Path
 from . import __version__
 from .errors import UserError
 
+DESCRIPTION = ("Principle-based preference learning for psycho-counseling: rate counselor responses "
+               "on seven principles and build a preference data set from the ratings.")
 EPILOG = """\
 stages: ingest -> generate -> rate -> pairs. Each reads and writes the run directory
 (--run-dir); `run` chains them. Rerunning any of them resumes and skips finished work.
@@ -25,7 +27,7 @@ def _common(p: argparse.ArgumentParser, config_required: bool = False) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     fmt = argparse.RawDescriptionHelpFormatter
-    parser = argparse.ArgumentParser(prog="psychocounsel", description=__doc__.split(".")[0] + ".",
+    parser = argparse.ArgumentParser(prog="psychocounsel", description=DESCRIPTION,
                                      epilog=EPILOG, formatter_class=fmt)
     parser.add_argument("--version", action="version", version=f"psychocounsel {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

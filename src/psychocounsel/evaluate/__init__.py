@@ -1,0 +1,1 @@
+"""Evaluation of trained models: reward-model metrics on held-out preference pairs."""

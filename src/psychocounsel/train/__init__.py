@@ -1,0 +1,1 @@
+"""Training stages, each a thin configuration of a TRL trainer: reward model, DPO."""

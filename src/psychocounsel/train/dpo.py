@@ -1,0 +1,304 @@
+"""dpo: offline DPO of a policy on preference pairs, as a thin configuration of TRL's DPOTrainer.
+
+- Rows carry ``question`` (or ``prompt``), ``chosen``, ``rejected``; they become TRL's
+  ``prompt``/``chosen``/``rejected`` columns, conversational when the tokenizer has a chat template.
+- The policy and the reference are both loaded from the same local folder (``default`` =
+  SmolLM2-135M-Instruct); with LoRA the reference is the policy with its adapter disabled
+  (``ref_model=None``), so no second copy is held.
+- Output: the policy (LoRA merged) as safetensors + tokenizer, ``train_log.json`` (TRL's log
+  history: loss, rewards/margins, rewards/accuracies per logged step) and a model card.
+
+TRL 1.16 has no ``max_prompt_length``: its only truncation is ``max_length`` keeping the start of
+prompt + completion, and it drops pairs whose prompt alone fills ``max_length``. So the speech is
+cut here to its last ``max_prompt_length`` tokens (the old TRL default, ``keep_end``: the end of
+a speech usually holds the client's question) before TRL sees it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from ..errors import UserError
+
+log = logging.getLogger(__name__)
+
+# Paired losses TRL 1.16 accepts with no extra option (exo_pair needs label_smoothing > 0;
+# aot/aot_unpaired sort the batch and are left out).
+LOSS_TYPES = ("sigmoid", "hinge", "ipo", "robust", "nca_pair", "bco_pair", "sppo_hard",
+              "apo_zero", "apo_down", "discopop", "sigmoid_norm")
+
+MODEL_INTENDED_USE = """\
+## Intended use and limits
+
+This model is a research artefact for building tools that **assist** counselors and therapists:
+drafting responses that a professional reviews. It is not a substitute for professional care and
+must not face clients unsupervised. Its preferences come from an automatic judge's ratings on a
+rubric, not from clinical judgement. A person in crisis needs a human: in the US call or text 988
+(Suicide & Crisis Lifeline), in the UK and Ireland call Samaritans at 116 123, elsewhere your local
+emergency number or https://findahelpline.com."""
+
+
+def to_dpo_rows(rows: list[dict], chat: bool) -> list[dict]:
+    """TRL preference rows: conversational (``chat``) or standard strings.
+
+    >>> to_dpo_rows([{"question": "I feel lost.", "chosen": "Tell me more.", "rejected": "Cheer up."}], chat=True)
+    ... # doctest: +NORMALIZE_WHITESPACE
+    [{'prompt': [{'role': 'user', 'content': 'I feel lost.'}],
+      'chosen': [{'role': 'assistant', 'content': 'Tell me more.'}],
+      'rejected': [{'role': 'assistant', 'content': 'Cheer up.'}]}]
+    >>> to_dpo_rows([{"prompt": "I feel lost. ", "chosen": " Tell me more.", "rejected": "Cheer up."}], chat=False)
+    [{'prompt': 'I feel lost.\\n\\n', 'chosen': 'Tell me more.', 'rejected': 'Cheer up.'}]
+    >>> to_dpo_rows([{"chosen": "a", "rejected": "b"}], chat=True)
+    Traceback (most recent call last):
+    ...
+    psychocounsel.errors.UserError: pair 0 has no 'question' or 'prompt' text
+    """
+    out = []
+    for i, row in enumerate(rows):
+        prompt = row.get("question", row.get("prompt"))
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise UserError(f"pair {i} has no 'question' or 'prompt' text")
+        chosen, rejected = row.get("chosen"), row.get("rejected")
+        if not isinstance(chosen, str) or not isinstance(rejected, str) or not chosen.strip() or not rejected.strip():
+            raise UserError(f"pair {i} needs non-empty 'chosen' and 'rejected' text")
+        if chat:
+            out.append({"prompt": [{"role": "user", "content": prompt.strip()}],
+                        "chosen": [{"role": "assistant", "content": chosen.strip()}],
+                        "rejected": [{"role": "assistant", "content": rejected.strip()}]})
+        else:
+            # TRL concatenates prompt + completion as they are, so the prompt carries the separator.
+            out.append({"prompt": prompt.strip() + "\n\n", "chosen": chosen.strip(), "rejected": rejected.strip()})
+    return out
+
+
+def keep_last_tokens(tokenizer, text: str, n: int) -> str:
+    """The end of ``text`` that tokenizes to at most ``n`` tokens (cut on a token boundary)."""
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    offsets = enc["offset_mapping"]
+    if len(offsets) <= n:
+        return text
+    return text[offsets[len(offsets) - n][0]:]
+
+
+def _clip_prompts(rows: list[dict], tokenizer, max_prompt_length: int) -> tuple[list[dict], int]:
+    clipped, n = [], 0
+    for row in rows:
+        text = row.get("question", row.get("prompt"))
+        if isinstance(text, str):
+            short = keep_last_tokens(tokenizer, text, max_prompt_length)
+            if short != text:
+                n += 1
+                row = {**{k: v for k, v in row.items() if k not in ("question", "prompt")}, "question": short}
+        clipped.append(row)
+    return clipped, n
+
+
+def _check_options(rows: list[dict], loss_type: str, beta: float, max_length: int, max_prompt_length: int) -> None:
+    if not rows:
+        raise UserError("no preference pairs to train on (0 rows)")
+    if loss_type not in LOSS_TYPES:
+        raise UserError(f"unknown DPO loss_type {loss_type!r}; choose one of: {', '.join(LOSS_TYPES)}")
+    if beta <= 0:
+        raise UserError(f"beta must be > 0, got {beta}")
+    if not 0 < max_prompt_length < max_length:
+        raise UserError(f"need 0 < max_prompt_length < max_length, got {max_prompt_length} and {max_length}")
+
+
+def _progress_on() -> bool:
+    forced = os.environ.get("PSYCHOCOUNSEL_PROGRESS")
+    return (forced == "1") if forced is not None else sys.stderr.isatty()
+
+
+def _dpo_config(out: Path, opts: dict[str, Any]):
+    import torch
+    from trl import DPOConfig
+
+    cuda = torch.cuda.is_available()
+    checkpointing = opts["gradient_checkpointing"]
+    return DPOConfig(
+        output_dir=str(out), report_to="none", save_strategy="no", disable_tqdm=not _progress_on(),
+        use_cpu=not cuda, bf16=cuda,
+        # transformers 5 renamed gradient_checkpointing to activation_checkpointing; the new name wins
+        # over TRL's default gradient_checkpointing=True (and silences the deprecation warning).
+        activation_checkpointing=cuda if checkpointing is None else checkpointing,
+        beta=opts["beta"], loss_type=[opts["loss_type"]], learning_rate=opts["lr"],
+        num_train_epochs=opts["epochs"], max_steps=opts["max_steps"],
+        per_device_train_batch_size=opts["batch_size"], gradient_accumulation_steps=opts["grad_accum"],
+        max_length=opts["max_length"], logging_steps=opts["log_every"], seed=opts["seed"],
+    )
+
+
+def _lora_config(r: int):
+    from peft import LoraConfig
+
+    # alpha = 2r is the common LoRA scaling; "all-linear" skips lm_head, which TRL 1.16 refuses to adapt.
+    return LoraConfig(r=r, lora_alpha=2 * r, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
+
+
+def _log_callback():
+    from transformers import TrainerCallback
+
+    class LogMetrics(TrainerCallback):
+        """One log line per logged step, in place of Trainer's print() of every metric."""
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and "loss" in logs:
+                log.info("step %d/%d loss %.4f margin %.4f accuracy %.2f", state.global_step, state.max_steps,
+                         logs["loss"], logs.get("rewards/margins", 0.0), logs.get("rewards/accuracies", 0.0))
+
+    return LogMetrics()
+
+
+def load_policy(path: Path):
+    """The causal LM in ``path``, in float32 (master weights; bf16 is autocast on CUDA).
+
+    A folder converted from GGUF can keep ``quantization_config: {quant_method: gguf}`` in its
+    config although its weights are plain float32; transformers then treats the model as
+    quantized and Trainer refuses to fine-tune it, so that leftover entry is dropped.
+    """
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(path)
+    quant = getattr(config, "quantization_config", None)
+    if isinstance(quant, dict) and quant.get("quant_method") == "gguf":
+        delattr(config, "quantization_config")
+    return AutoModelForCausalLM.from_pretrained(path, config=config, dtype=torch.float32)
+
+
+def build_trainer(rows: list[dict], base: str, out: Path, opts: dict[str, Any]):
+    """A TRL DPOTrainer for ``rows`` on the local model ``base`` (``opts``: train_dpo's keywords)."""
+    from datasets import Dataset
+    from transformers import AutoTokenizer, PrinterCallback
+    from trl import DPOTrainer
+
+    from ..models import resolve_local_model
+
+    path = resolve_local_model(base)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    rows, n_clipped = _clip_prompts(rows, tokenizer, opts["max_prompt_length"])
+    if n_clipped:
+        log.info("kept the last %d tokens of %d long speeches", opts["max_prompt_length"], n_clipped)
+    data = Dataset.from_list(to_dpo_rows(rows, chat=bool(tokenizer.chat_template)))
+    args = _dpo_config(out, opts)
+    if args.disable_tqdm:
+        import datasets
+
+        datasets.disable_progress_bars()
+    # The reference is the base: a second copy for full fine-tuning, the adapter switched off with LoRA.
+    trainer = DPOTrainer(
+        model=load_policy(path), ref_model=None if opts["lora"] else load_policy(path), args=args,
+        train_dataset=data, processing_class=tokenizer,
+        peft_config=_lora_config(opts["lora_r"]) if opts["lora"] else None,
+    )
+    trainer.remove_callback(PrinterCallback)
+    trainer.add_callback(_log_callback())
+    return trainer
+
+
+def save_policy(trainer, out: Path):
+    """Save the trained policy (LoRA merged into the base) and tokenizer to ``out``; returns it."""
+    from peft import PeftModel
+
+    model = trainer.model
+    if isinstance(model, PeftModel):
+        model = model.merge_and_unload()
+    model.config.use_cache = True  # training turns the KV cache off; generation wants it back
+    model.save_pretrained(out)
+    trainer.processing_class.save_pretrained(out)
+    return model
+
+
+def summarize(history: list[dict], seconds: float) -> dict[str, Any]:
+    """The run's headline numbers from TRL's ``log_history``.
+
+    >>> h = [{"loss": 0.69, "rewards/margins": 0.0, "rewards/accuracies": 0.0, "step": 1},
+    ...      {"loss": 0.5, "rewards/margins": 0.4, "rewards/accuracies": 1.0, "step": 2},
+    ...      {"train_loss": 0.6, "step": 2}]
+    >>> summarize(h, 3.0)["train_loss_last"], summarize(h, 3.0)["steps"]
+    (0.5, 2)
+    """
+    logged = [h for h in history if "loss" in h]
+    last = logged[-1] if logged else {}
+    return {
+        "steps": max((h.get("step", 0) for h in history), default=0),
+        "train_loss_first": logged[0]["loss"] if logged else None,
+        "train_loss_last": last.get("loss"),
+        "reward_margin_last": last.get("rewards/margins"),
+        "reward_accuracy_last": last.get("rewards/accuracies"),
+        "seconds": round(seconds, 2),
+    }
+
+
+def _fmt(x: Any) -> str:
+    return f"{x:.4f}" if isinstance(x, float) else str(x)
+
+
+def write_model_card(out: Path, base: str, opts: dict[str, Any], summary: dict[str, Any], n_pairs: int) -> None:
+    from .. import __version__
+
+    method = f"LoRA r={opts['lora_r']}, merged" if opts["lora"] else "full fine-tuning"
+    text = f"""# Counseling policy (psychocounsel {__version__}, DPO)
+
+Trained with offline DPO (TRL `DPOTrainer`) on {n_pairs} principle-rated preference pairs
+(PsychoCounsel-Preference format). Made by `psychocounsel train-dpo`.
+
+| setting | value |
+|---|---|
+| base model | `{base}` |
+| method | {method} |
+| loss | {opts['loss_type']} |
+| beta | {opts['beta']} |
+| learning rate | {opts['lr']} |
+| batch size x accumulation | {opts['batch_size']} x {opts['grad_accum']} |
+| max length / max prompt length | {opts['max_length']} / {opts['max_prompt_length']} |
+| steps | {summary['steps']} |
+| seed | {opts['seed']} |
+
+## Training result
+
+Last logged step: loss {_fmt(summary['train_loss_last'])} (first {_fmt(summary['train_loss_first'])}),
+reward margin {_fmt(summary['reward_margin_last'])}, reward accuracy {_fmt(summary['reward_accuracy_last'])}.
+These are training-batch numbers; judge the model on held-out pairs and by win rate before use.
+The full log is `train_log.json`.
+
+{MODEL_INTENDED_USE}
+"""
+    (out / "README.md").write_text(text, encoding="utf-8")
+
+
+def train_dpo(rows: list[dict], base: str, out: Path, *, beta: float = 0.1, loss_type: str = "sigmoid",
+              epochs: float = 1, batch_size: int = 2, grad_accum: int = 1, lr: float = 5e-7,
+              max_length: int = 384, max_prompt_length: int = 256, lora: bool = False, lora_r: int = 16,
+              seed: int = 0, max_steps: int = -1, log_every: int = 1,
+              gradient_checkpointing: bool | None = None) -> dict[str, Any]:
+    """DPO-train the local model ``base`` on ``rows``; write the policy, log and card to ``out``.
+
+    ``lr`` defaults to the paper's 5e-7 (made for batch 64). ``gradient_checkpointing`` None means
+    on with CUDA, off on CPU. Returns the headline numbers (see ``summarize``).
+    """
+    from ..store import write_json
+
+    _check_options(rows, loss_type, beta, max_length, max_prompt_length)
+    opts = dict(beta=beta, loss_type=loss_type, epochs=epochs, batch_size=batch_size, grad_accum=grad_accum,
+                lr=lr, max_length=max_length, max_prompt_length=max_prompt_length, lora=lora, lora_r=lora_r,
+                seed=seed, max_steps=max_steps, log_every=log_every, gradient_checkpointing=gradient_checkpointing)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    trainer = build_trainer(rows, base, out, opts)
+    if len(trainer.train_dataset) == 0:
+        raise UserError(f"every pair is longer than max_length={max_length} in its prompt alone; raise max_length")
+    start = time.perf_counter()
+    trainer.train()
+    seconds = time.perf_counter() - start
+    save_policy(trainer, out)
+    history = trainer.state.log_history
+    write_json(out / "train_log.json", history)
+    summary = summarize(history, seconds)
+    write_model_card(out, base, opts, summary, len(rows))
+    return summary

@@ -1,0 +1,121 @@
+"""train/dpo: TRL DPO on a tiny local Llama; the policy learns to prefer word set A over word set B."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from psychocounsel.errors import UserError
+from psychocounsel.train import dpo
+
+# Chosen responses use only set A, rejected only set B, for the same prompts.
+SET_A = "that sounds hard tell me more can we talk".split()
+SET_B = "you are not sad stop thinking about it".split()
+FEELINGS = "sad anxious tired alone scared angry lost hopeless".split()
+
+
+def make_pairs(n: int = 16) -> list[dict]:
+    return [{"question": f"i feel {FEELINGS[i % 8]} {'today' if i < 8 else 'every night'}",
+             "chosen": " ".join(SET_A[i % 4:i % 4 + 5]), "rejected": " ".join(SET_B[i % 4:i % 4 + 5])}
+            for i in range(n)]
+
+
+def load(path):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(path).eval()
+
+
+def changed(a, b) -> list[str]:
+    """Names of parameters that differ between two models of the same architecture."""
+    import torch
+
+    sb = b.state_dict()
+    return [k for k, v in a.state_dict().items() if not torch.equal(v, sb[k])]
+
+
+def run(tiny_lm, out, **kw):
+    """train_dpo, also returning the in-memory policy that was saved."""
+    saved = {}
+    real = dpo.save_policy
+
+    def keep(trainer, path):
+        saved["model"] = real(trainer, path)
+        return saved["model"]
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(dpo, "save_policy", keep)
+        summary = dpo.train_dpo(make_pairs(), str(tiny_lm), out, lr=1e-3, batch_size=4, max_steps=8, **kw)
+    return summary, saved["model"]
+
+
+@pytest.fixture(scope="module")
+def full_run(tiny_lm, tmp_path_factory):
+    out = tmp_path_factory.mktemp("dpo-full")
+    summary, model = run(tiny_lm, out)
+    return out, summary, model
+
+
+def test_to_dpo_rows_chat_and_plain():
+    rows = [{"question": "i feel lost", "chosen": "tell me more", "rejected": "stop it"}]
+    chat = dpo.to_dpo_rows(rows, chat=True)[0]
+    assert chat["prompt"] == [{"role": "user", "content": "i feel lost"}]
+    assert chat["chosen"] == [{"role": "assistant", "content": "tell me more"}]
+    assert chat["rejected"] == [{"role": "assistant", "content": "stop it"}]
+    plain = dpo.to_dpo_rows([{"prompt": "i feel lost", "chosen": "a", "rejected": "b"}], chat=False)[0]
+    assert plain == {"prompt": "i feel lost\n\n", "chosen": "a", "rejected": "b"}
+    with pytest.raises(UserError, match="pair 0"):
+        dpo.to_dpo_rows([{"question": "q", "chosen": "", "rejected": "b"}], chat=True)
+
+
+def test_keep_last_tokens(tiny_lm):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_lm)
+    assert dpo.keep_last_tokens(tok, "i feel sad  alone today", 3) == "sad  alone today"
+    assert dpo.keep_last_tokens(tok, "i feel sad", 5) == "i feel sad"
+
+
+def test_dpo_learns_the_preference(full_run, tiny_lm):
+    out, summary, _ = full_run
+    assert summary["steps"] == 8
+    assert summary["train_loss_last"] < summary["train_loss_first"] - 0.05
+    history = json.loads((out / "train_log.json").read_text())
+    margins = [h["rewards/margins"] for h in history if "rewards/margins" in h]
+    assert len(margins) == 8 and margins[-1] > margins[0] and margins[-1] > 0
+    assert summary["reward_margin_last"] == margins[-1] and summary["reward_accuracy_last"] == 1.0
+    trained, base = load(out), load(tiny_lm)
+    assert len(changed(trained, base)) >= len(base.state_dict()) // 2
+
+
+def test_saved_policy_reloads_identically(full_run):
+    import torch
+
+    out, _, model = full_run
+    assert (out / "model.safetensors").is_file() and (out / "tokenizer.json").is_file()
+    ids = torch.tensor([[2, 10, 11, 12, 5, 3]])
+    with torch.no_grad():
+        expected = model.eval()(input_ids=ids).logits
+        got = load(out)(input_ids=ids).logits
+    assert torch.equal(expected, got)
+    card = (out / "README.md").read_text()
+    assert "beta | 0.1" in card and "sigmoid" in card and "not a substitute for professional care" in card
+
+
+def test_lora_is_merged(tiny_lm, tmp_path):
+    out = tmp_path / "lora"
+    summary, _ = run(tiny_lm, out, lora=True, lora_r=4)
+    assert summary["train_loss_last"] < summary["train_loss_first"]
+    assert not (out / "adapter_config.json").exists()
+    diff = changed(load(out), load(tiny_lm))
+    assert diff and all("proj" in k for k in diff)  # LoRA on the linear layers only, not embeddings/lm_head
+
+
+def test_user_errors(tiny_lm, tmp_path):
+    with pytest.raises(UserError, match="does not exist"):
+        dpo.train_dpo(make_pairs(2), str(tmp_path / "nope"), tmp_path / "out")
+    with pytest.raises(UserError, match="0 rows"):
+        dpo.train_dpo([], str(tiny_lm), tmp_path / "out")
+    with pytest.raises(UserError, match="loss_type"):
+        dpo.train_dpo(make_pairs(2), str(tiny_lm), tmp_path / "out", loss_type="nope")
