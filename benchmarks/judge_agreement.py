@@ -72,23 +72,29 @@ def load_epitome(name: str, n: int, seed: int) -> list[dict]:
     return rows[:n]
 
 
-def load_counselchat_pairs(n: int, seed: int) -> list[tuple[str, str, str]]:
-    """(question, preferred answer, other answer) for answers to one question with different upvotes."""
+def load_counselchat(n: int | None, seed: int) -> tuple[list[tuple[str, str]], list[tuple[int, int]]]:
+    """Unique (question, answer) items, and (preferred, other) index pairs between answers to the
+    same question with different upvotes. Each answer is rated once, however many pairs it is in."""
     by_q: dict[str, list[dict]] = defaultdict(list)
     with open(DATA / "counsel-chat" / "20200325_counsel_chat.csv", encoding="utf-8", newline="") as f:
         for r in csv.DictReader(f):
             if r["questionText"].strip() and r["answerText"].strip():
                 by_q[r["questionID"]].append(r)
+    items: list[tuple[str, str]] = []
     pairs = []
     for answers in by_q.values():
+        base = len(items)
+        items.extend((a["questionText"], a["answerText"]) for a in answers)
         for i, a in enumerate(answers):
-            for b in answers[i + 1 :]:
-                ua, ub = int(a["upvotes"]), int(b["upvotes"])
+            for j in range(i + 1, len(answers)):
+                ua, ub = int(a["upvotes"]), int(answers[j]["upvotes"])
                 if ua != ub:
-                    hi, lo = (a, b) if ua > ub else (b, a)
-                    pairs.append((a["questionText"], hi["answerText"], lo["answerText"]))
+                    pairs.append((base + i, base + j) if ua > ub else (base + j, base + i))
     random.Random(seed).shuffle(pairs)
-    return pairs[:n]
+    pairs = pairs[:n] if n else pairs
+    used = sorted({i for p in pairs for i in p})
+    index = {old: new for new, old in enumerate(used)}
+    return [items[i] for i in used], [(index[a], index[b]) for a, b in pairs]
 
 
 def rate(judge, speeches: list[str], responses: list[str]) -> list[dict[str, float] | None]:
@@ -131,7 +137,7 @@ def make_judge(name: str, rubric: Rubric, cache: Cache):
     raise SystemExit(f"unknown candidate {name}")
 
 
-def evaluate(name: str, n_epitome: int, n_pairs: int, seed: int, cache: Cache) -> dict:
+def evaluate(name: str, n_epitome: int, n_pairs: int | None, seed: int, cache: Cache) -> dict:
     full = load_rubric()
     out: dict = {"judge": name}
     for file, key in EPITOME.items():
@@ -146,19 +152,18 @@ def evaluate(name: str, n_epitome: int, n_pairs: int, seed: int, cache: Cache) -
         out[file] = {"n": len(ok), "failed": len(rows) - len(ok), "principle": key,
                      "spearman": float(spearmanr(x, lv).statistic),
                      "acc_level2_vs_0": _acc2v0(x, lv), "acc_ci95": bootstrap_ci(_acc2v0, x, lv)}
-    if n_pairs <= 0:
+    if n_pairs is not None and n_pairs <= 0:
         out["counselchat-upvotes"] = {"n": 0, "skipped": "not run (see --llm-pairs)"}
         accs = [out[f]["acc_level2_vs_0"] for f in EPITOME]
         out["mean_accuracy"] = float(np.mean(accs))
         return out
-    pairs = load_counselchat_pairs(n_pairs, seed)
+    items, pairs = load_counselchat(n_pairs, seed)
     judge = make_judge(name, full, cache)
-    qs = [q for q, _, _ in pairs]
-    hi = rate(judge, qs, [a for _, a, _ in pairs])
-    lo = rate(judge, qs, [b for _, _, b in pairs])
-    ok = [(full.score(a), full.score(b)) for a, b in zip(hi, lo) if a is not None and b is not None]
+    scores = rate(judge, [q for q, _ in items], [a for _, a in items])
+    ok = [(full.score(scores[a]), full.score(scores[b])) for a, b in pairs
+          if scores[a] is not None and scores[b] is not None]
     d = np.array([a - b for a, b in ok])
-    out["counselchat-upvotes"] = {"n": len(ok), "failed": len(pairs) - len(ok),
+    out["counselchat-upvotes"] = {"n": len(ok), "failed": len(pairs) - len(ok), "answers": len(items),
                                   "accuracy": _pref_acc(d), "acc_ci95": bootstrap_ci(_pref_acc, d)}
     accs = [out[f]["acc_level2_vs_0"] for f in EPITOME] + [out["counselchat-upvotes"]["accuracy"]]
     out["mean_accuracy"] = float(np.mean(accs))
@@ -172,7 +177,8 @@ def main() -> int:
                     "Instruct as a logprob judge), smollm2-logprob-any (the same, scoring even replies that "
                     "are not a digit)")
     ap.add_argument("--n-epitome", type=int, default=600, help="responses sampled per EPITOME file")
-    ap.add_argument("--n-pairs", type=int, default=400, help="CounselChat answer pairs")
+    ap.add_argument("--n-pairs", type=int, default=None,
+                    help="CounselChat answer pairs (default: all 2,523 pairs over 2,129 answers)")
     ap.add_argument("--llm-scale", type=float, default=0.25,
                     help="LLM candidates use this fraction of the EPITOME samples: SmolLM2 reads a ~400-token "
                     "prompt per judgement, ~1.5 s each on one CPU thread")

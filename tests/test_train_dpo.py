@@ -10,9 +10,9 @@ from psychocounsel.errors import UserError
 from psychocounsel.train import dpo
 
 # Chosen responses use only set A, rejected only set B, for the same prompts.
-SET_A = "that sounds hard tell me more can we talk".split()
-SET_B = "you are not sad stop thinking about it".split()
-FEELINGS = "sad anxious tired alone scared angry lost hopeless".split()
+SET_A = ("that", "sounds", "hard", "tell", "me", "more", "can", "we", "talk")
+SET_B = ("you", "are", "not", "sad", "stop", "thinking", "about", "it")
+FEELINGS = ("sad", "anxious", "tired", "alone", "scared", "angry", "lost", "hopeless")
 
 
 def make_pairs(n: int = 16) -> list[dict]:

@@ -69,6 +69,7 @@ def gguf_to_safetensors(gguf: Path, out: Path) -> Path:
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     if (out / "model.safetensors").is_file() and (out / "tokenizer_config.json").is_file():
+        _drop_quantization_config(out)  # caches written by psychocounsel 0.1.0 before this fix
         return out
     log.info("converting %s to safetensors in %s (once; 40-120 s on CPU)", gguf.name, out)
     try:
@@ -76,7 +77,10 @@ def gguf_to_safetensors(gguf: Path, out: Path) -> Path:
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     except (ValueError, KeyError, OSError, RuntimeError) as e:
         raise UserError(f"cannot load {gguf} with transformers: {str(e).splitlines()[0][:200]}") from None
-    config = AutoConfig.for_model(**loaded.config.to_dict())
+    # The weights are dequantised fp32 now: a copied {quant_method: gguf} would make transformers
+    # treat the model as quantized, and Trainer refuses to fine-tune "purely quantized models".
+    settings = {k: v for k, v in loaded.config.to_dict().items() if k != "quantization_config"}
+    config = AutoConfig.for_model(**settings)
     fresh = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     missing, unexpected = fresh.load_state_dict(loaded.state_dict(), strict=False)
     if unexpected or [k for k in missing if "lm_head" not in k]:
@@ -88,6 +92,15 @@ def gguf_to_safetensors(gguf: Path, out: Path) -> Path:
     tokenizer.save_pretrained(tmp)
     tmp.rename(out) if not out.exists() else None
     return out
+
+
+def _drop_quantization_config(folder: Path) -> None:
+    import json
+
+    path = folder / "config.json"
+    config = json.loads(path.read_text(encoding="utf-8"))
+    if config.pop("quantization_config", None) is not None:
+        path.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
 
 
 def resolve_local_model(path_or_default: str) -> Path:

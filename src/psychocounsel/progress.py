@@ -7,9 +7,12 @@ import os
 import sys
 
 
+def enabled() -> bool:
+    forced = os.environ.get("PSYCHOCOUNSEL_PROGRESS")
+    return (forced != "0") if forced is not None else sys.stderr.isatty()
+
+
 def bar(total: int, desc: str, initial: int = 0):
     from tqdm import tqdm
 
-    forced = os.environ.get("PSYCHOCOUNSEL_PROGRESS")
-    disable = (forced == "0") if forced is not None else not sys.stderr.isatty()
-    return tqdm(total=total, desc=desc, initial=initial, disable=disable, unit="item", dynamic_ncols=True)
+    return tqdm(total=total, desc=desc, initial=initial, disable=not enabled(), unit="item", dynamic_ncols=True)

@@ -14,8 +14,9 @@ the start of the prompt first (the end of a speech usually holds the client's qu
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 

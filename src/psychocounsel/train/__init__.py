@@ -1,1 +1,31 @@
-"""Training stages, each a thin configuration of a TRL trainer: reward model, DPO."""
+"""Training stages on TRL: reward.py (Bradley-Terry reward model), dpo.py (offline DPO).
+
+What the stages share lives here: the LoRA settings and the one-line-per-step log callback.
+"""
+
+from __future__ import annotations
+
+import logging
+
+log = logging.getLogger(__name__)
+
+
+def lora_config(r: int, task_type: str):
+    """LoRA on every linear layer with alpha = 2r (the common scaling). "all-linear" skips
+    lm_head, which TRL 1.16 refuses to adapt; with SEQ_CLS, PEFT trains the new score head in full."""
+    from peft import LoraConfig
+
+    return LoraConfig(r=r, lora_alpha=2 * r, lora_dropout=0.0, target_modules="all-linear", task_type=task_type)
+
+
+def log_callback(margin_key: str, accuracy_key: str):
+    """One log line per logged step, in place of Trainer's print() of every metric dict."""
+    from transformers import TrainerCallback
+
+    class LogMetrics(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and "loss" in logs:
+                log.info("step %d/%d loss %.4f margin %.4f accuracy %.2f", state.global_step, state.max_steps,
+                         logs["loss"], logs.get(margin_key, 0.0), logs.get(accuracy_key, 0.0))
+
+    return LogMetrics()

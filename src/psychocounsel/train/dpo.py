@@ -17,13 +17,13 @@ a speech usually holds the client's question) before TRL sees it.
 from __future__ import annotations
 
 import logging
-import os
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
+from ..progress import enabled as progress_enabled
+from . import log_callback, lora_config
 
 log = logging.getLogger(__name__)
 
@@ -109,23 +109,17 @@ def _check_options(rows: list[dict], loss_type: str, beta: float, max_length: in
         raise UserError(f"need 0 < max_prompt_length < max_length, got {max_prompt_length} and {max_length}")
 
 
-def _progress_on() -> bool:
-    forced = os.environ.get("PSYCHOCOUNSEL_PROGRESS")
-    return (forced == "1") if forced is not None else sys.stderr.isatty()
-
-
 def _dpo_config(out: Path, opts: dict[str, Any]):
     import torch
     from trl import DPOConfig
 
     cuda = torch.cuda.is_available()
-    checkpointing = opts["gradient_checkpointing"]
     return DPOConfig(
-        output_dir=str(out), report_to="none", save_strategy="no", disable_tqdm=not _progress_on(),
+        output_dir=str(out), report_to="none", save_strategy="no", disable_tqdm=not progress_enabled(),
         use_cpu=not cuda, bf16=cuda,
         # transformers 5 renamed gradient_checkpointing to activation_checkpointing; the new name wins
         # over TRL's default gradient_checkpointing=True (and silences the deprecation warning).
-        activation_checkpointing=cuda if checkpointing is None else checkpointing,
+        activation_checkpointing=opts["gradient_checkpointing"],
         beta=opts["beta"], loss_type=[opts["loss_type"]], learning_rate=opts["lr"],
         num_train_epochs=opts["epochs"], max_steps=opts["max_steps"],
         per_device_train_batch_size=opts["batch_size"], gradient_accumulation_steps=opts["grad_accum"],
@@ -133,42 +127,15 @@ def _dpo_config(out: Path, opts: dict[str, Any]):
     )
 
 
-def _lora_config(r: int):
-    from peft import LoraConfig
-
-    # alpha = 2r is the common LoRA scaling; "all-linear" skips lm_head, which TRL 1.16 refuses to adapt.
-    return LoraConfig(r=r, lora_alpha=2 * r, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
-
-
-def _log_callback():
-    from transformers import TrainerCallback
-
-    class LogMetrics(TrainerCallback):
-        """One log line per logged step, in place of Trainer's print() of every metric."""
-
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            if logs and "loss" in logs:
-                log.info("step %d/%d loss %.4f margin %.4f accuracy %.2f", state.global_step, state.max_steps,
-                         logs["loss"], logs.get("rewards/margins", 0.0), logs.get("rewards/accuracies", 0.0))
-
-    return LogMetrics()
-
-
 def load_policy(path: Path):
-    """The causal LM in ``path``, in float32 (master weights; bf16 is autocast on CUDA).
-
-    A folder converted from GGUF can keep ``quantization_config: {quant_method: gguf}`` in its
-    config although its weights are plain float32; transformers then treats the model as
-    quantized and Trainer refuses to fine-tune it, so that leftover entry is dropped.
-    """
+    """The causal LM in ``path``, in float32 (master weights; bf16 is autocast on CUDA)."""
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
 
-    config = AutoConfig.from_pretrained(path)
-    quant = getattr(config, "quantization_config", None)
-    if isinstance(quant, dict) and quant.get("quant_method") == "gguf":
-        delattr(config, "quantization_config")
-    return AutoModelForCausalLM.from_pretrained(path, config=config, dtype=torch.float32)
+    try:
+        return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    except (ValueError, KeyError, OSError) as e:
+        raise UserError(f"cannot load {path} as a causal LM: {str(e).splitlines()[0][:200]}") from None
 
 
 def build_trainer(rows: list[dict], base: str, out: Path, opts: dict[str, Any]):
@@ -194,10 +161,10 @@ def build_trainer(rows: list[dict], base: str, out: Path, opts: dict[str, Any]):
     trainer = DPOTrainer(
         model=load_policy(path), ref_model=None if opts["lora"] else load_policy(path), args=args,
         train_dataset=data, processing_class=tokenizer,
-        peft_config=_lora_config(opts["lora_r"]) if opts["lora"] else None,
+        peft_config=lora_config(opts["lora_r"], "CAUSAL_LM") if opts["lora"] else None,
     )
     trainer.remove_callback(PrinterCallback)
-    trainer.add_callback(_log_callback())
+    trainer.add_callback(log_callback("rewards/margins", "rewards/accuracies"))
     return trainer
 
 
@@ -246,7 +213,7 @@ def write_model_card(out: Path, base: str, opts: dict[str, Any], summary: dict[s
     text = f"""# Counseling policy (psychocounsel {__version__}, DPO)
 
 Trained with offline DPO (TRL `DPOTrainer`) on {n_pairs} principle-rated preference pairs
-(PsychoCounsel-Preference format). Made by `psychocounsel train-dpo`.
+(PsychoCounsel-Preference format) by psychocounsel's DPO stage.
 
 | setting | value |
 |---|---|
@@ -276,18 +243,20 @@ def train_dpo(rows: list[dict], base: str, out: Path, *, beta: float = 0.1, loss
               epochs: float = 1, batch_size: int = 2, grad_accum: int = 1, lr: float = 5e-7,
               max_length: int = 384, max_prompt_length: int = 256, lora: bool = False, lora_r: int = 16,
               seed: int = 0, max_steps: int = -1, log_every: int = 1,
-              gradient_checkpointing: bool | None = None) -> dict[str, Any]:
+              gradient_checkpointing: bool = True) -> dict[str, Any]:
     """DPO-train the local model ``base`` on ``rows``; write the policy, log and card to ``out``.
 
-    ``lr`` defaults to the paper's 5e-7 (made for batch 64). ``gradient_checkpointing`` None means
-    on with CUDA, off on CPU. Returns the headline numbers (see ``summarize``).
+    ``lr`` defaults to the paper's 5e-7 (made for batch 64). ``gradient_checkpointing`` on: for
+    SmolLM2-135M on 2 CPU cores (batch 2, length 256) it cut peak RSS 5.0 -> 4.0 GB at no
+    measurable cost per step (15-18 s either way). Returns the headline numbers (``summarize``).
     """
     from ..store import write_json
 
     _check_options(rows, loss_type, beta, max_length, max_prompt_length)
-    opts = dict(beta=beta, loss_type=loss_type, epochs=epochs, batch_size=batch_size, grad_accum=grad_accum,
-                lr=lr, max_length=max_length, max_prompt_length=max_prompt_length, lora=lora, lora_r=lora_r,
-                seed=seed, max_steps=max_steps, log_every=log_every, gradient_checkpointing=gradient_checkpointing)
+    opts = {"beta": beta, "loss_type": loss_type, "epochs": epochs, "batch_size": batch_size,
+            "grad_accum": grad_accum, "lr": lr, "max_length": max_length, "max_prompt_length": max_prompt_length,
+            "lora": lora, "lora_r": lora_r, "seed": seed, "max_steps": max_steps, "log_every": log_every,
+            "gradient_checkpointing": gradient_checkpointing}
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     trainer = build_trainer(rows, base, out, opts)
