@@ -108,3 +108,26 @@ def test_import_is_side_effect_free():
             "assert 'torch' not in sys.modules and 'transformers' not in sys.modules;"
             "assert not logging.getLogger().handlers")
     subprocess.run([sys.executable, "-c", code], check=True, env=dict(os.environ, PYTHONPATH=SRC))
+
+
+def _pairs_file(tmp_path: Path) -> Path:
+    f = tmp_path / "pairs.jsonl"
+    f.write_text('{"question": "I feel low", "chosen": "That sounds hard.", "rejected": "Cheer up."}\n',
+                 encoding="utf-8")
+    return f
+
+
+def test_training_commands_report_bad_input_cleanly(tmp_path):
+    assert_clean_error(cli("eval-rm", "--model", str(tmp_path / "no-rm"), "--data", str(_pairs_file(tmp_path))))
+    assert_clean_error(cli("train-rm", "--pairs", str(tmp_path / "no-pairs"), "--out", str(tmp_path / "o")))
+    assert_clean_error(cli("train-dpo", "--pairs", str(_pairs_file(tmp_path)), "--base", str(tmp_path / "no-model"),
+                           "--out", str(tmp_path / "o")), "does not exist")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"question": "q", "answer": "a"}\n', encoding="utf-8")
+    assert_clean_error(cli("train-dpo", "--pairs", str(bad), "--out", str(tmp_path / "o")), "chosen")
+
+
+@pytest.mark.parametrize("command", ["train-rm", "eval-rm", "train-dpo"])
+def test_training_help(command):
+    res = cli(command, "--help")
+    assert res.returncode == 0 and "--out" in res.stdout

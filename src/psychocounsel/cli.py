@@ -4,6 +4,7 @@ is in the stage modules. Bad input exits with code 2 and one line on stderr."""
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from pathlib import Path
@@ -85,7 +86,54 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-fraction", type=float, help="share of speeches held out (default 0.1)")
     p.add_argument("--seed", type=int, help="seed of the train/test split")
     p.add_argument("--rubric", type=Path, help="rubric YAML used for the weights")
+    _training_parsers(sub)
     return parser
+
+
+def _pairs_and_base(p: argparse.ArgumentParser, base_default: str) -> None:
+    p.add_argument("--pairs", required=True, help="a run's pairs/ folder, a .parquet/.jsonl/.csv file, a saved "
+                   "`datasets` folder, or a Hugging Face dataset id in the published schema (needs network)")
+    p.add_argument("--base", default=base_default, help=f"'default' (SmolLM2-135M-Instruct), 'minilm' "
+                   f"(all-MiniLM-L6-v2) or a local model folder / .gguf file (default: {base_default})")
+    p.add_argument("--out", required=True, type=Path, help="output folder for the model, log and card")
+    p.add_argument("--epochs", type=float, help="passes over the train split")
+    p.add_argument("--batch-size", type=int, help="pairs per step")
+    p.add_argument("--lr", type=float, help="learning rate")
+    p.add_argument("--max-length", type=int, help="tokens per prompt + response")
+    p.add_argument("--lora", action="store_true", default=None, help="train LoRA adapters (merged on save)")
+    p.add_argument("--lora-r", type=int, help="LoRA rank (default 16)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+
+
+def _training_parsers(sub) -> None:
+    p = sub.add_parser("train-rm", help="train a Bradley-Terry reward model on preference pairs",
+                       description="Train a reward model (TRL RewardTrainer, -log sigmoid(r_chosen - r_rejected "
+                       "- margin)) on the train split; evaluate accuracy, AUC, ECE and Brier on the test split. "
+                       "Writes safetensors, tokenizer, metrics.json and a model card to --out.")
+    _pairs_and_base(p, "minilm")
+    p.add_argument("--no-margin", dest="use_margin", action="store_false", default=None,
+                   help="ignore the pairs' score margins in the loss")
+
+    p = sub.add_parser("eval-rm", help="score preference pairs with a reward model: accuracy, AUC, ECE, Brier",
+                       description="Score a file of preference pairs (published columns question/chosen/rejected "
+                       "or TRL's prompt/chosen/rejected; JSONL, CSV or Parquet) with a reward model.")
+    p.add_argument("--model", required=True, type=Path, help="a reward model folder (e.g. from train-rm)")
+    p.add_argument("--data", required=True, help="pairs file, pairs/ folder (its test split) or saved datasets folder")
+    p.add_argument("--out", type=Path, help="write the metrics as JSON here")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--max-length", type=int, default=512)
+    p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+
+    p = sub.add_parser("train-dpo", help="align a policy with offline DPO on preference pairs",
+                       description="DPO (TRL DPOTrainer) on the train split, the base as reference. Logs reward "
+                       "margins and accuracies; writes the policy (safetensors), log and model card to --out.")
+    _pairs_and_base(p, "default")
+    p.add_argument("--beta", type=float, help="DPO beta (default 0.1, as in the paper)")
+    p.add_argument("--loss-type", help="TRL loss type (default sigmoid)")
+    p.add_argument("--grad-accum", type=int, help="gradient accumulation steps")
+    p.add_argument("--max-prompt-length", type=int, help="speech tokens kept (the end of the speech)")
+    p.add_argument("--max-steps", type=int, help="stop after this many steps")
 
 
 def _config(args):
@@ -121,6 +169,42 @@ def _apply_overrides(cfg, args) -> None:
         _override(cfg.rate, {"rubric": args.rubric})
 
 
+def _options(args, names: tuple[str, ...]) -> dict:
+    """The options the user gave; the training functions' own defaults fill in the rest."""
+    return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
+
+
+_COMMON = ("epochs", "batch_size", "lr", "max_length", "lora", "lora_r", "seed")
+
+
+def _train_rm(args) -> None:
+    from .train.reward import train_reward_model
+
+    metrics = train_reward_model(args.pairs, args.base, args.out, **_options(args, _COMMON + ("use_margin",)))
+    print(json.dumps({k: metrics[k] for k in ("n", "accuracy", "auc", "ece", "brier")}))
+
+
+def _eval_rm(args) -> None:
+    from .evaluate.reward_eval import evaluate_file
+    from .store import write_json
+
+    metrics = evaluate_file(args.model, args.data, batch_size=args.batch_size, max_length=args.max_length)
+    if args.out:
+        write_json(args.out, metrics)
+    print(json.dumps(metrics))
+
+
+def _train_dpo(args) -> None:
+    from .train.dpo import train_dpo
+    from .train.reward import load_pairs
+
+    opts = _options(args, _COMMON + ("beta", "loss_type", "grad_accum", "max_prompt_length", "max_steps"))
+    print(json.dumps(train_dpo(load_pairs(args.pairs, "train"), args.base, args.out, **opts)))
+
+
+TRAINING = {"train-rm": _train_rm, "eval-rm": _eval_rm, "train-dpo": _train_dpo}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
@@ -130,7 +214,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from . import pipeline
 
-        if args.command == "run":
+        if args.command in TRAINING:
+            TRAINING[args.command](args)
+        elif args.command == "run":
             from .config import load_config
 
             pipeline.run(load_config(args.config), args.run_dir, args.until, config_path=str(args.config))
