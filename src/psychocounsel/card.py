@@ -8,15 +8,23 @@ from statistics import mean
 
 from . import __version__
 
-INTENDED_USE = """\
-## Intended use and limits
+CRISIS_RESOURCES = (
+    "A person in crisis needs a human: in the US call or text 988 (Suicide & Crisis Lifeline), in the "
+    "UK and Ireland call Samaritans at 116 123, elsewhere your local emergency number or "
+    "https://findahelpline.com."
+)
 
+
+def intended_use(limits: str) -> str:
+    """The section every card (data set, reward model, policy) ends with: its limits + resources."""
+    return f"## Intended use and limits\n\n{limits.strip()} {CRISIS_RESOURCES}"
+
+
+INTENDED_USE = intended_use("""
 This data set is for research on, and development of, tools that **assist** counselors and
 therapists. Models trained on it are not a substitute for professional care and must not face
 clients unsupervised. Scores are an automatic judge's opinion on a rubric, not clinical
-judgements. A person in crisis needs a human: in the US call or text 988 (Suicide & Crisis
-Lifeline), in the UK and Ireland call Samaritans at 116 123, elsewhere your local emergency
-number or https://findahelpline.com."""
+judgements.""")
 
 
 def _table(header: list[str], rows: list[list]) -> str:

@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..card import intended_use
 from ..errors import UserError
 from ..progress import enabled as progress_enabled
 from . import log_callback, lora_config
@@ -32,15 +33,11 @@ log = logging.getLogger(__name__)
 LOSS_TYPES = ("sigmoid", "hinge", "ipo", "robust", "nca_pair", "bco_pair", "sppo_hard",
               "apo_zero", "apo_down", "discopop", "sigmoid_norm")
 
-MODEL_INTENDED_USE = """\
-## Intended use and limits
-
+MODEL_INTENDED_USE = intended_use("""
 This model is a research artefact for building tools that **assist** counselors and therapists:
 drafting responses that a professional reviews. It is not a substitute for professional care and
 must not face clients unsupervised. Its preferences come from an automatic judge's ratings on a
-rubric, not from clinical judgement. A person in crisis needs a human: in the US call or text 988
-(Suicide & Crisis Lifeline), in the UK and Ireland call Samaritans at 116 123, elsewhere your local
-emergency number or https://findahelpline.com."""
+rubric, not from clinical judgement.""")
 
 
 def to_dpo_rows(rows: list[dict], chat: bool) -> list[dict]:

@@ -27,23 +27,20 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..card import intended_use
 from ..errors import UserError
+from ..evaluate.reward_eval import encode, ensure_pad_token
 from ..progress import enabled as progress_enabled
 from . import log_callback, lora_config
-from ..evaluate.reward_eval import encode, ensure_pad_token
 
 log = logging.getLogger(__name__)
 
-INTENDED_USE = """\
-## Intended use and limits
-
+INTENDED_USE = intended_use("""
 This reward model scores counselor responses for research and for tools that **assist**
 counselors and therapists (ranking drafts that a professional reviews, training policies). It is
 not a substitute for professional care, and neither it nor a model trained with it is for
 unsupervised use with clients. Its preferences come from an automatic judge's ratings on a
-rubric, not from clinical judgement. A person in crisis needs a human: in the US call or text 988
-(Suicide & Crisis Lifeline), in the UK and Ireland call Samaritans at 116 123, elsewhere your local
-emergency number or https://findahelpline.com."""
+rubric, not from clinical judgement.""")
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
