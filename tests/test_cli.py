@@ -34,28 +34,16 @@ def test_missing_file(tmp_path):
     assert_clean_error(cli("ingest", str(tmp_path / "nope.csv"), "--run-dir", str(tmp_path / "r")), "not found")
 
 
-def test_unknown_format(tmp_path):
-    f = tmp_path / "speeches.docx"
-    f.write_text("hello", encoding="utf-8")
-    assert_clean_error(cli("ingest", str(f), "--run-dir", str(tmp_path / "r")), "unknown format")
-
-
-def test_csv_without_text_column_lists_columns(tmp_path):
-    f = tmp_path / "s.csv"
-    f.write_text("question,label\nI feel low,1\n", encoding="utf-8")
-    assert_clean_error(cli("ingest", str(f), "--run-dir", str(tmp_path / "r")), "question", "label")
-
-
-def test_non_utf8(tmp_path):
-    f = tmp_path / "s.csv"
-    f.write_bytes("text\ncaf\xe9 and more\n".encode("latin-1"))
-    assert_clean_error(cli("ingest", str(f), "--run-dir", str(tmp_path / "r")), "UTF-8")
-
-
-def test_empty_file(tmp_path):
-    f = tmp_path / "s.jsonl"
-    f.write_text("", encoding="utf-8")
-    assert_clean_error(cli("ingest", str(f), "--run-dir", str(tmp_path / "r")), "empty")
+@pytest.mark.parametrize("name, content, needles", [
+    ("speeches.docx", b"hello", ["unknown format"]),
+    ("s.csv", b"question,label\nI feel low,1\n", ["question", "label"]),  # lists the columns it has
+    ("s.csv", "text\ncaf\xe9 and more\n".encode("latin-1"), ["UTF-8"]),
+    ("s.jsonl", b"", ["empty"]),
+])
+def test_bad_input_file(tmp_path, name, content, needles):
+    f = tmp_path / name
+    f.write_bytes(content)
+    assert_clean_error(cli("ingest", str(f), "--run-dir", str(tmp_path / "r")), *needles)
 
 
 def test_unknown_config_key_is_named(tmp_path):

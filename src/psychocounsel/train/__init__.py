@@ -1,6 +1,6 @@
 """Training stages on TRL: reward.py (Bradley-Terry reward model), dpo.py (offline DPO).
 
-What the stages share lives here: the LoRA settings and the one-line-per-step log callback.
+What the stages share lives here: LoRA settings, step logging, and saving the trained model.
 """
 
 from __future__ import annotations
@@ -29,3 +29,24 @@ def log_callback(margin_key: str, accuracy_key: str):
                          logs["loss"], logs.get(margin_key, 0.0), logs.get(accuracy_key, 0.0))
 
     return LogMetrics()
+
+
+def use_step_log(trainer, margin_key: str, accuracy_key: str) -> None:
+    """Replace Trainer's print() of every metric dict with one log line per step."""
+    from transformers import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)
+    trainer.add_callback(log_callback(margin_key, accuracy_key))
+
+
+def save_merged(trainer, out):
+    """Save the trained model (LoRA merged into the base) as safetensors, and the tokenizer."""
+    from peft import PeftModel
+
+    model = trainer.model
+    if isinstance(model, PeftModel):
+        model = model.merge_and_unload()
+    model.config.use_cache = True  # training turns the KV cache off; generation wants it back
+    model.save_pretrained(out)
+    trainer.processing_class.save_pretrained(out)
+    return model

@@ -24,7 +24,7 @@ from typing import Any
 from ..card import intended_use
 from ..errors import UserError
 from ..progress import enabled as progress_enabled
-from . import log_callback, lora_config
+from . import lora_config, save_merged, use_step_log
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +138,7 @@ def load_policy(path: Path):
 def build_trainer(rows: list[dict], base: str, out: Path, opts: dict[str, Any]):
     """A TRL DPOTrainer for ``rows`` on the local model ``base`` (``opts``: train_dpo's keywords)."""
     from datasets import Dataset
-    from transformers import AutoTokenizer, PrinterCallback
+    from transformers import AutoTokenizer
     from trl import DPOTrainer
 
     from ..models import resolve_local_model
@@ -160,22 +160,13 @@ def build_trainer(rows: list[dict], base: str, out: Path, opts: dict[str, Any]):
         train_dataset=data, processing_class=tokenizer,
         peft_config=lora_config(opts["lora_r"], "CAUSAL_LM") if opts["lora"] else None,
     )
-    trainer.remove_callback(PrinterCallback)
-    trainer.add_callback(log_callback("rewards/margins", "rewards/accuracies"))
+    use_step_log(trainer, "rewards/margins", "rewards/accuracies")
     return trainer
 
 
 def save_policy(trainer, out: Path):
     """Save the trained policy (LoRA merged into the base) and tokenizer to ``out``; returns it."""
-    from peft import PeftModel
-
-    model = trainer.model
-    if isinstance(model, PeftModel):
-        model = model.merge_and_unload()
-    model.config.use_cache = True  # training turns the KV cache off; generation wants it back
-    model.save_pretrained(out)
-    trainer.processing_class.save_pretrained(out)
-    return model
+    return save_merged(trainer, out)
 
 
 def summarize(history: list[dict], seconds: float) -> dict[str, Any]:

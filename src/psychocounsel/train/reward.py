@@ -31,7 +31,7 @@ from ..card import intended_use
 from ..errors import UserError
 from ..evaluate.reward_eval import encode, ensure_pad_token
 from ..progress import enabled as progress_enabled
-from . import log_callback, lora_config
+from . import lora_config, save_merged, use_step_log
 
 log = logging.getLogger(__name__)
 
@@ -258,7 +258,7 @@ def load_base_classifier(path: Path, pad_token_id: int, seed: int):
 
 def build_reward_trainer(rows: list[dict], base: str, out: Path, opts: dict[str, Any]):
     """A TRL RewardTrainer for ``rows`` on the local model ``base`` (``opts``: train_reward_model's keywords)."""
-    from transformers import AutoTokenizer, PrinterCallback
+    from transformers import AutoTokenizer
     from trl import RewardTrainer
 
     path = resolve_base(base)
@@ -276,21 +276,13 @@ def build_reward_trainer(rows: list[dict], base: str, out: Path, opts: dict[str,
         datasets.disable_progress_bars()
     trainer = RewardTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer,
                             peft_config=lora_config(opts["lora_r"], "SEQ_CLS") if opts["lora"] else None)
-    trainer.remove_callback(PrinterCallback)
-    trainer.add_callback(log_callback("margin", "accuracy"))
+    use_step_log(trainer, "margin", "accuracy")
     return trainer
 
 
 def save_reward_model(trainer, out: Path):
     """Save the trained model (LoRA merged into the base) and tokenizer to ``out``; returns the model."""
-    from peft import PeftModel
-
-    model = trainer.model
-    if isinstance(model, PeftModel):
-        model = model.merge_and_unload()
-    model.save_pretrained(out)  # safetensors, transformers' default
-    trainer.processing_class.save_pretrained(out)
-    return model
+    return save_merged(trainer, out)
 
 
 def _train_summary(history: list[dict], seconds: float) -> dict[str, Any]:
