@@ -115,7 +115,33 @@ def test_training_commands_report_bad_input_cleanly(tmp_path):
     assert_clean_error(cli("train-dpo", "--pairs", str(bad), "--out", str(tmp_path / "o")), "chosen")
 
 
-@pytest.mark.parametrize("command", ["train-rm", "eval-rm", "train-dpo"])
+@pytest.mark.parametrize("command", ["train-rm", "eval-rm", "train-dpo", "train-online"])
 def test_training_help(command):
     res = cli(command, "--help")
     assert res.returncode == 0 and "--out" in res.stdout
+
+
+def _unsupported_gguf(path: Path) -> Path:
+    import gguf
+    import numpy as np
+
+    writer = gguf.GGUFWriter(str(path), "notarealarch")
+    writer.add_block_count(1)
+    writer.add_tensor("token_embd.weight", np.zeros((4, 4), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def test_gguf_of_an_unsupported_architecture(tmp_path, monkeypatch):
+    monkeypatch.setenv("PSYCHOCOUNSEL_CACHE", str(tmp_path / "cache"))
+    bad = _unsupported_gguf(tmp_path / "odd.gguf")
+    res = cli("train-dpo", "--pairs", str(_pairs_file(tmp_path)), "--base", str(bad), "--out", str(tmp_path / "o"))
+    assert_clean_error(res, "notarealarch")
+
+
+def test_train_online_needs_its_inputs(tmp_path):
+    assert_clean_error(cli("train-online", "--reward-model", str(tmp_path / "rm"), "--speeches",
+                           str(tmp_path / "none.jsonl"), "--out", str(tmp_path / "o")), "not found")

@@ -135,6 +135,26 @@ def _training_parsers(sub) -> None:
     p.add_argument("--max-prompt-length", type=int, help="speech tokens kept (the end of the speech)")
     p.add_argument("--max-steps", type=int, help="stop after this many steps")
 
+    p = sub.add_parser("train-online", help="online iterative DPO (DPO-Iter) against a reward model",
+                       description="Each round samples speeches, the current policy writes k responses per "
+                       "speech, the reward model picks best and worst as a DPO pair, then a DPO update. Rounds "
+                       "resume; the best round by mean dev reward is copied to OUT/best.")
+    p.add_argument("--policy", default="default", help="starting policy: 'default' or a local model folder")
+    p.add_argument("--reward-model", required=True, type=Path, help="a reward model folder (from train-rm)")
+    p.add_argument("--speeches", required=True, type=Path, help="speeches.jsonl (ingest output: id, text)")
+    p.add_argument("--out", required=True, type=Path, help="output folder (one sub-folder per round)")
+    p.add_argument("--rounds", type=int, help="DPO rounds (default 1)")
+    p.add_argument("--speeches-per-round", type=int, help="speeches sampled per round (default 8)")
+    p.add_argument("--k", type=int, help="responses per speech (default 8, as in the paper)")
+    p.add_argument("--temperature", type=float, help="sampling temperature (default 1.0)")
+    p.add_argument("--max-tokens", type=int, help="tokens per response (default 128)")
+    p.add_argument("--min-gap", type=float, help="smallest reward gap kept as a pair (default 0)")
+    p.add_argument("--dev-fraction", type=float, help="share of speeches held out to pick the best round")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--dpo-steps", type=int, help="DPO steps per round (default: one epoch)")
+    p.add_argument("--dpo-lr", type=float, help="DPO learning rate per round")
+    p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+
 
 def _config(args):
     from .config import RunConfig, load_config
@@ -202,7 +222,21 @@ def _train_dpo(args) -> None:
     print(json.dumps(train_dpo(load_pairs(args.pairs, "train"), args.base, args.out, **opts)))
 
 
-TRAINING = {"train-rm": _train_rm, "eval-rm": _eval_rm, "train-dpo": _train_dpo}
+def _train_online(args) -> None:
+    from .store import read_jsonl
+    from .train.online import train_online
+
+    if not args.speeches.is_file():
+        raise UserError(f"speeches file not found: {args.speeches}")
+    speeches = [{"id": r["id"], "text": r["text"]} for r in read_jsonl(args.speeches)]
+    dpo = {k: v for k, v in (("max_steps", args.dpo_steps), ("lr", args.dpo_lr)) if v is not None}
+    opts = _options(args, ("rounds", "speeches_per_round", "k", "temperature", "max_tokens", "min_gap",
+                           "dev_fraction", "seed"))
+    summary = train_online(args.policy, args.reward_model, speeches, args.out, dpo_options=dpo or None, **opts)
+    print(json.dumps({"best_round": summary["best_round"], "best_policy": str(summary["best_policy"])}))
+
+
+TRAINING = {"train-rm": _train_rm, "eval-rm": _eval_rm, "train-dpo": _train_dpo, "train-online": _train_online}
 
 
 def main(argv: list[str] | None = None) -> int:

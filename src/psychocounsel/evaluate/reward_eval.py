@@ -227,13 +227,22 @@ def _rewards(model, seqs: list[list[int]], pad_id: int, batch_size: int) -> np.n
     return out
 
 
-def score_model(model, tokenizer, rows: list[dict], batch_size: int = 16, max_length: int = 512) -> np.ndarray:
-    """d = r_chosen - r_rejected for TRL-style rows (prompt, chosen, rejected), in row order."""
+def score_responses(model, tokenizer, prompts: list, responses: list, batch_size: int = 16,
+                    max_length: int = 512) -> np.ndarray:
+    """The reward of each (prompt, response), encoded as in training."""
     ensure_pad_token(tokenizer)
-    seqs = [encode(tokenizer, r["prompt"], r[side], max_length) for side in ("chosen", "rejected") for r in rows]
+    seqs = [encode(tokenizer, p, r, max_length) for p, r in zip(prompts, responses)]
     rewards = _rewards(model, seqs, tokenizer.pad_token_id, batch_size)
     if not np.all(np.isfinite(rewards)):
         raise UserError(f"the reward model returned {int(np.sum(~np.isfinite(rewards)))} non-finite rewards")
+    return rewards
+
+
+def score_model(model, tokenizer, rows: list[dict], batch_size: int = 16, max_length: int = 512) -> np.ndarray:
+    """d = r_chosen - r_rejected for TRL-style rows (prompt, chosen, rejected), in row order."""
+    prompts = [r["prompt"] for r in rows] * 2
+    responses = [r["chosen"] for r in rows] + [r["rejected"] for r in rows]
+    rewards = score_responses(model, tokenizer, prompts, responses, batch_size, max_length)
     return rewards[:len(rows)] - rewards[len(rows):]
 
 

@@ -1,0 +1,236 @@
+"""online: iterative DPO ("DPO-Iter"): the policy samples, the reward model picks, DPO updates.
+
+Each round samples train speeches; the current policy writes ``k`` responses to each; the reward
+model's best and worst become a DPO pair; ``train_dpo`` updates the policy; the new policy's greedy
+responses to the held-out dev speeches are scored. The round with the best dev mean reward
+(round 0, the starting policy, included) is the checkpoint kept, as in the paper.
+
+Layout under ``out``::
+
+    config.json            what the rounds were made from (a resumed run must match it)
+    round_0/metrics.json   the starting policy on dev
+    round_R/pairs.jsonl    prompt, chosen, rejected, chosen_reward, rejected_reward (+ id)
+    round_R/policy/        the DPO-updated policy (train_dpo's output)
+    round_R/metrics.json   n_pairs, mean_gap, dev_mean_reward, dpo summary
+    round_R/DONE           written last: a round without it is redone from scratch
+    summary.json, best/    the best round and a copy of its policy
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import UserError
+from ..store import stable_hash, write_json, write_jsonl
+
+log = logging.getLogger(__name__)
+
+
+def split_dev(speeches: list[dict], dev_fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
+    """(dev, train): a seeded shuffle, ``dev_fraction`` of it (at least 1) held out.
+
+    >>> dev, train = split_dev([{"id": str(i), "text": "t"} for i in range(10)], 0.2, seed=0)
+    >>> len(dev), len(train), sorted(s["id"] for s in dev + train) == sorted(str(i) for i in range(10))
+    (2, 8, True)
+    """
+    order = list(speeches)
+    random.Random(seed).shuffle(order)
+    n_dev = max(1, round(len(order) * dev_fraction))
+    return order[:n_dev], order[n_dev:]
+
+
+def _check_inputs(policy: str, reward_model: Path, speeches: list[dict], k: int, temperature: float,
+                  rounds: int, dev_fraction: float) -> None:
+    if not speeches:
+        raise UserError("no speeches to train on (0 given)")
+    if len(speeches) < 2:
+        raise UserError("need at least 2 speeches: 1 for dev and 1 to train on")
+    bad = next((i for i, s in enumerate(speeches)
+                if not isinstance(s.get("id"), str) or not isinstance(s.get("text"), str) or not s["text"].strip()), None)
+    if bad is not None:
+        raise UserError(f"speech {bad} needs a string 'id' and non-empty 'text'")
+    if k < 2:
+        raise UserError(f"k must be >= 2 responses per speech (best and worst), got {k}")
+    if temperature <= 0:
+        raise UserError(f"temperature must be > 0 so the k responses differ, got {temperature}")
+    if rounds < 0:
+        raise UserError(f"rounds must be >= 0, got {rounds}")
+    if not 0 < dev_fraction < 1:
+        raise UserError(f"dev_fraction must be in (0, 1), got {dev_fraction}")
+    if not (Path(reward_model).expanduser() / "config.json").is_file():
+        raise UserError(f"reward model folder not found (no config.json): {reward_model}")
+    if policy != "default" and not Path(policy).expanduser().exists():
+        raise UserError(f"policy path does not exist: {policy}")
+
+
+def _generate(policy: str, prompts: list[str], params: list[dict], batch_size: int) -> list[str | None]:
+    """One batched backend call; the text of each completion, ``None`` where it failed or is empty."""
+    from ..backends import ChatRequest, load_backend
+    from ..config import BackendConfig
+
+    spec = "default" if policy == "default" else f"transformers:{policy}"
+    backend = load_backend(BackendConfig(spec=spec, batch_size=batch_size))
+    try:
+        done = backend.complete([ChatRequest([{"role": "user", "content": p}], q) for p, q in zip(prompts, params)])
+    finally:
+        backend.close()
+    return [c.text if not c.error and c.text.strip() else None for c in done]
+
+
+def _rewards(rm, prompts: list[str], responses: list[str], max_length: int = 512) -> np.ndarray:
+    """The reward of each (prompt, response), encoded exactly as reward_eval scores pairs."""
+    from ..evaluate.reward_eval import score_responses
+
+    model, tokenizer = rm
+    return score_responses(model, tokenizer, prompts, responses, max_length=max_length)
+
+
+def dev_reward(policy: str, rm, dev: list[dict], max_tokens: int, batch_size: int) -> dict[str, Any]:
+    """Mean reward of the policy's greedy responses to the dev speeches."""
+    prompts = [s["text"] for s in dev]
+    texts = _generate(policy, prompts, [{"temperature": 0.0, "max_tokens": max_tokens}] * len(dev), batch_size)
+    ok = [i for i, t in enumerate(texts) if t is not None]
+    if not ok:
+        raise UserError(f"policy {policy} wrote no usable response to any of {len(dev)} dev speeches")
+    rewards = _rewards(rm, [prompts[i] for i in ok], [texts[i] for i in ok])
+    return {"dev_mean_reward": float(rewards.mean()), "dev_n": len(ok), "dev_failed": len(dev) - len(ok)}
+
+
+def make_pairs(speeches: list[dict], texts: list[str | None], rewards: dict[int, float], k: int,
+               min_gap: float) -> list[dict]:
+    """Best vs worst of each speech's ``k`` responses (``texts`` is sample-major: sample j of
+    speech i at ``j * n + i``), kept when the reward gap is over ``min_gap``."""
+    n, pairs = len(speeches), []
+    for i, s in enumerate(speeches):
+        scored = [(rewards[j * n + i], texts[j * n + i]) for j in range(k) if texts[j * n + i] is not None]
+        if len(scored) < 2:
+            continue
+        best, worst = max(scored, key=lambda x: x[0]), min(scored, key=lambda x: x[0])
+        if best[0] - worst[0] > min_gap:
+            pairs.append({"id": s["id"], "prompt": s["text"], "chosen": best[1], "rejected": worst[1],
+                          "chosen_reward": float(best[0]), "rejected_reward": float(worst[0])})
+    return pairs
+
+
+def _sample_pairs(policy: str, rm, batch: list[dict], cfg: dict[str, Any]) -> list[dict]:
+    """``k`` sampled responses per speech, scored, made into pairs. Requests are ordered sample-major
+    so each sample's requests share params (distinct ``seed``) and the backend batches them."""
+    n, k = len(batch), cfg["k"]
+    prompts = [s["text"] for s in batch] * k
+    params = [{"temperature": cfg["temperature"], "max_tokens": cfg["max_tokens"], "seed": j}
+              for j in range(k) for _ in range(n)]
+    texts = _generate(policy, prompts, params, cfg["batch_size"])
+    ok = [i for i, t in enumerate(texts) if t is not None]
+    scores = _rewards(rm, [prompts[i] for i in ok], [texts[i] for i in ok]) if ok else []
+    return make_pairs(batch, texts, dict(zip(ok, scores)), k, cfg["min_gap"])
+
+
+def _run_round(r: int, policy: str, rm, train: list[dict], dev: list[dict], out: Path,
+               cfg: dict[str, Any]) -> dict[str, Any]:
+    from .dpo import train_dpo
+
+    folder = out / f"round_{r}"
+    if folder.exists():
+        shutil.rmtree(folder)  # a round without DONE died part-way: redo it from scratch
+    folder.mkdir(parents=True)
+    batch = random.Random(f"{cfg['seed']}-round-{r}").sample(train, min(cfg["speeches_per_round"], len(train)))
+    pairs = _sample_pairs(policy, rm, batch, cfg)
+    write_jsonl(folder / "pairs.jsonl", pairs)
+    if pairs:
+        dpo = train_dpo(pairs, base=policy, out=folder / "policy", **{"seed": cfg["seed"], **cfg["dpo_options"]})
+    else:  # nothing to learn from: the policy carries over unchanged so round r+1 has a base
+        from ..models import resolve_local_model
+
+        shutil.copytree(resolve_local_model(policy), folder / "policy")
+        dpo = None
+    metrics = {"round": r, "policy": str(folder / "policy"), "n_speeches": len(batch), "n_pairs": len(pairs),
+               "mean_gap": float(np.mean([p["chosen_reward"] - p["rejected_reward"] for p in pairs])) if pairs else None,
+               **dev_reward(str(folder / "policy"), rm, dev, cfg["max_tokens"], cfg["batch_size"]), "dpo": dpo}
+    write_json(folder / "metrics.json", metrics)
+    (folder / "DONE").write_text("", encoding="utf-8")
+    log.info("online round %d: %d speeches, %d pairs, dev reward %.4f over %d dev speeches",
+             r, len(batch), len(pairs), metrics["dev_mean_reward"], metrics["dev_n"])
+    return metrics
+
+
+def _round_zero(policy: str, rm, dev: list[dict], out: Path, cfg: dict[str, Any]) -> dict[str, Any]:
+    folder = out / "round_0"
+    if (folder / "DONE").is_file():
+        return _read_json(folder / "metrics.json")
+    if folder.exists():
+        shutil.rmtree(folder)
+    metrics = {"round": 0, "policy": policy, **dev_reward(policy, rm, dev, cfg["max_tokens"], cfg["batch_size"])}
+    write_json(folder / "metrics.json", metrics)
+    (folder / "DONE").write_text("", encoding="utf-8")
+    log.info("online round 0 (start): dev reward %.4f over %d dev speeches", metrics["dev_mean_reward"], metrics["dev_n"])
+    return metrics
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _check_same_run(out: Path, identity: dict[str, Any]) -> None:
+    """Resumed rounds are only valid for the same inputs; refuse to mix runs in one folder."""
+    path = out / "config.json"
+    if path.is_file():
+        old = _read_json(path)
+        diff = sorted(key for key in identity if old.get(key) != identity[key])
+        if diff:
+            raise UserError(f"{out} holds rounds of a different run (differs in: {', '.join(diff)}); "
+                            "use a new output folder")
+    write_json(path, identity)
+
+
+def _keep_best(metrics: list[dict], policy: str, out: Path) -> dict[str, Any]:
+    best = max(metrics, key=lambda m: m["dev_mean_reward"])  # first of equals: the earlier round
+    source = Path(best["policy"]).expanduser()
+    if (out / "best").exists():
+        shutil.rmtree(out / "best")  # a longer resumed run may pick another round: no stale files
+    if best["round"] > 0 or (policy != "default" and source.is_dir()):
+        shutil.copytree(source, out / "best", dirs_exist_ok=True)
+        best_policy = str(out / "best")
+    else:
+        best_policy = policy
+    summary = {"rounds": metrics, "best_round": best["round"], "best_policy": best_policy}
+    write_json(out / "summary.json", summary)
+    return summary
+
+
+def train_online(policy: str, reward_model: Path, speeches: list[dict], out: Path, *, rounds: int = 1,
+                 speeches_per_round: int = 8, k: int = 8, temperature: float = 1.0, max_tokens: int = 128,
+                 min_gap: float = 0.0, dev_fraction: float = 0.1, seed: int = 0,
+                 dpo_options: dict | None = None, batch_size: int = 16) -> dict[str, Any]:
+    """Run ``rounds`` of DPO-Iter from ``policy`` (a local model folder or ``default``), resuming the
+    rounds already DONE in ``out``. ``speeches`` are ``{"id", "text"}`` dicts; ``dpo_options`` are
+    ``train_dpo`` keywords; ``batch_size`` is sequences per generate() call. Returns summary.json."""
+    policy, out = str(policy), Path(out)
+    _check_inputs(policy, Path(reward_model), speeches, k, temperature, rounds, dev_fraction)
+    from ..evaluate.reward_eval import load_reward_model
+
+    dev, train = split_dev(speeches, dev_fraction, seed)
+    cfg = {"k": k, "temperature": temperature, "max_tokens": max_tokens, "min_gap": min_gap, "seed": seed,
+           "speeches_per_round": speeches_per_round, "batch_size": batch_size, "dpo_options": dict(dpo_options or {})}
+    out.mkdir(parents=True, exist_ok=True)
+    _check_same_run(out, {"policy": policy, "reward_model": str(reward_model),
+                          "speeches": stable_hash([[s["id"], s["text"]] for s in speeches]),
+                          **{key: v for key, v in cfg.items() if key != "batch_size"}, "dev_fraction": dev_fraction})
+    rm = load_reward_model(reward_model)
+    metrics = [_round_zero(policy, rm, dev, out, cfg)]
+    current = policy
+    for r in range(1, rounds + 1):
+        folder = out / f"round_{r}"
+        if (folder / "DONE").is_file():
+            metrics.append(_read_json(folder / "metrics.json"))
+            log.info("online round %d: done before, skipped", r)
+        else:
+            metrics.append(_run_round(r, current, rm, train, dev, out, cfg))
+        current = str(folder / "policy")
+    return _keep_best(metrics, policy, out)
