@@ -7,6 +7,7 @@ import argparse
 import json
 import logging
 import sys
+import warnings
 from pathlib import Path
 
 from . import __version__
@@ -245,6 +246,9 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     for noisy in ("httpx", "httpcore", "transformers", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # TRL 1.16 still calls transformers' gradient_checkpointing_* names, renamed in transformers 5:
+    # three FutureWarnings per training run that users can do nothing about.
+    warnings.filterwarnings("ignore", message=".*is deprecated and will be removed in v6", category=FutureWarning)
     try:
         from . import pipeline
 
