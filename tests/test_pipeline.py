@@ -98,3 +98,25 @@ def test_run_against_openai_compatible_endpoint(tmp_path):
     # warm (empathy 5) beats terse (empathy 2) on every speech: a gap of 3/7 ~ 0.43 >= 0.4.
     assert len(train) == 6 and {(r["chosen_model"], r["rejected_model"]) for r in train} == {("warm", "terse")}
     assert all(r["chosen_empathy_rating"] == 5 and r["rejected_empathy_rating"] == 2 for r in train)
+
+
+def test_training_stages_run_when_configured_and_are_skipped_when_done(tmp_path, tiny_lm):
+    cfg_path, run = _config(tmp_path, tiny_lm), tmp_path / "run"
+    cfg = yaml.safe_load(cfg_path.read_text())
+    cfg["reward_model"] = {"base": str(tiny_lm), "epochs": 1, "batch_size": 4, "lr": 1e-3, "max_length": 128}
+    cfg["dpo"] = {"base": str(tiny_lm), "lr": 1e-3, "batch_size": 2, "max_length": 128, "max_prompt_length": 64,
+                  "max_steps": 2}
+    cfg["online"] = {"speeches_per_round": 2, "k": 2, "max_tokens": 8, "dev_fraction": 0.2,
+                     "dpo": {"max_steps": 1, "batch_size": 2, "lr": 1e-3, "max_length": 128, "max_prompt_length": 64}}
+    cfg_path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
+    assert main(["run", str(cfg_path), "--run-dir", str(run), "-q"]) == 0
+    stages = json.loads((run / "run.json").read_text())["stages"]
+    assert {"reward_model", "dpo", "online"} <= set(stages)
+    metrics = json.loads((run / "reward_model" / "metrics.json").read_text())
+    assert {"accuracy", "auc", "ece", "brier"} <= set(metrics)
+    assert (run / "policy" / "model.safetensors").is_file()
+    assert (run / "online" / "round_1" / "DONE").is_file() and (run / "online" / "summary.json").is_file()
+
+    assert main(["run", str(cfg_path), "--run-dir", str(run), "-q"]) == 0
+    again = json.loads((run / "run.json").read_text())["stages"]
+    assert again["reward_model"]["skipped"] and again["dpo"]["skipped"]

@@ -35,11 +35,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("run", help="run the stages of a config in order, resuming done work",
-                       description="Run ingest, generate, rate and pairs from CONFIG into --run-dir. "
+                       description="Run the stages of CONFIG in order into --run-dir: ingest, generate, rate, "
+                       "pairs, then reward_model, dpo and online when the config has those sections. "
                        "Work already in the run directory (and the call cache) is not redone.")
     p.add_argument("config", help="run config YAML, e.g. configs/quickstart.yaml")
     p.add_argument("--run-dir", required=True, type=Path, help="the run directory (created if absent)")
-    p.add_argument("--until", choices=["ingest", "generate", "rate", "pairs"], help="stop after this stage")
+    p.add_argument("--until", choices=["ingest", "generate", "rate", "pairs", "reward_model", "dpo", "online"],
+                   help="stop after this stage")
     p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
 
     p = sub.add_parser("ingest", help="read client speeches, clean, filter, dedupe -> speeches.jsonl",

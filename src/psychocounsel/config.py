@@ -108,11 +108,59 @@ class PairsConfig(_Strict):
     seed: int = 0
 
 
+class RewardModelConfig(_Strict):
+    """train-rm as a stage: writes RUN/reward_model. Defaults follow the paper where it fits a CPU."""
+
+    base: str = "minilm"  # minilm | default | a local model folder
+    epochs: float = Field(2, gt=0)  # the paper: 2
+    batch_size: int = Field(8, ge=1)  # the paper: 128
+    lr: float = Field(9e-6, gt=0)  # the paper: 9e-6
+    max_length: int = Field(512, ge=16)
+    use_margin: bool = True
+    lora: bool = False
+    seed: int = 0
+
+
+class DPOStageConfig(_Strict):
+    """train-dpo as a stage: writes RUN/policy from the train pairs."""
+
+    base: str = "default"
+    beta: float = Field(0.1, gt=0)  # the paper: 0.1
+    loss_type: str = "sigmoid"
+    lr: float = Field(5e-7, gt=0)
+    epochs: float = Field(1, gt=0)
+    batch_size: int = Field(2, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    max_length: int = Field(384, ge=16)
+    max_prompt_length: int = Field(256, ge=8)
+    max_steps: int = -1  # -1: the epochs decide
+    lora: bool = False
+    seed: int = 0
+
+
+class OnlineConfig(_Strict):
+    """train-online (DPO-Iter) as a stage: from RUN/policy against RUN/reward_model into RUN/online."""
+
+    rounds: int = Field(1, ge=0)
+    speeches_per_round: int = Field(8, ge=1)  # the paper: 6,400
+    k: int = Field(8, ge=2)  # the paper: 8
+    temperature: float = Field(1.0, gt=0)
+    max_tokens: int = Field(128, ge=1)
+    min_gap: float = Field(0.0, ge=0)
+    dev_fraction: float = Field(0.1, gt=0, lt=1)
+    seed: int = 0
+    dpo: dict[str, float | int | str | bool] = Field(default_factory=dict)  # train-dpo options per round
+
+
 class RunConfig(_Strict):
     ingest: IngestConfig = Field(default_factory=IngestConfig)
     generate: GenerateConfig = Field(default_factory=GenerateConfig)
     rate: RateConfig = Field(default_factory=RateConfig)
     pairs: PairsConfig = Field(default_factory=PairsConfig)
+    # Training stages run only when their section is present.
+    reward_model: RewardModelConfig | None = None
+    dpo: DPOStageConfig | None = None
+    online: OnlineConfig | None = None
 
 
 def format_validation_error(err: ValidationError, source: str) -> str:

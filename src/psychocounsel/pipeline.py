@@ -13,7 +13,8 @@ from .errors import UserError
 from .store import RunDir
 
 log = logging.getLogger(__name__)
-STAGES = ("ingest", "generate", "rate", "pairs")
+STAGES = ("ingest", "generate", "rate", "pairs", "reward_model", "dpo", "online")
+TRAINING_STAGES = STAGES[4:]
 _PACKAGES = ("psychocounsel", "torch", "transformers", "trl", "httpx", "pydantic", "pyarrow")
 
 
@@ -48,6 +49,10 @@ def run_stage(name: str, cfg: RunConfig, rundir: RunDir) -> dict[str, Any]:
         from . import pairs
 
         stats = pairs.run(cfg.pairs, rundir, cfg.rate.rubric)
+    elif name in TRAINING_STAGES:
+        from . import training_stages
+
+        stats = getattr(training_stages, name)(getattr(cfg, name), rundir)
     else:
         raise UserError(f"unknown stage '{name}'; stages: {', '.join(STAGES)}")
     stats.setdefault("calls_made", 0)  # stages without model calls report zeros, not gaps
@@ -67,6 +72,8 @@ def run(cfg: RunConfig, run_dir: str | Path, until: str | None = None, config_pa
     rundir.update_run_json(config=cfg.model_dump(mode="json"), config_path=config_path, versions=versions())
     results = {}
     for name in STAGES:
+        if name in TRAINING_STAGES and getattr(cfg, name) is None:
+            continue  # a training stage runs only when the config has its section
         results[name] = run_stage(name, cfg, rundir)
         if name == until:
             break

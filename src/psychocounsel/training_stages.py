@@ -1,0 +1,55 @@
+"""The training commands as stages of ``psychocounsel run``: reward_model, dpo, online.
+
+Each writes a fixed folder of the run directory and is skipped when that folder is complete,
+so a rerun of a finished run trains nothing. ``online`` resumes by rounds.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .config import DPOStageConfig, OnlineConfig, RewardModelConfig
+from .errors import UserError
+from .store import RunDir, read_jsonl
+
+
+def _done(stats: dict[str, Any], n: int) -> dict[str, Any]:
+    return {"items_in": n, "items_out": n, "failed": 0, "calls_made": 0, "calls_cached": 0, **stats}
+
+
+def reward_model(cfg: RewardModelConfig, rundir: RunDir) -> dict[str, Any]:
+    from .train.reward import train_reward_model
+
+    out = rundir.root / "reward_model"
+    if (out / "metrics.json").is_file():
+        return _done({"skipped": "already trained"}, 0)
+    opts = cfg.model_dump()
+    metrics = train_reward_model(rundir.pairs, opts.pop("base"), out, **opts)
+    return _done({k: metrics[k] for k in ("accuracy", "auc", "ece", "brier")}, metrics["n"])
+
+
+def dpo(cfg: DPOStageConfig, rundir: RunDir) -> dict[str, Any]:
+    from .train.dpo import train_dpo
+    from .train.reward import load_pairs
+
+    out = rundir.root / "policy"
+    if (out / "model.safetensors").is_file():
+        return _done({"skipped": "already trained"}, 0)
+    rows = load_pairs(rundir.pairs, "train")
+    opts = cfg.model_dump()
+    summary = train_dpo(rows, opts.pop("base"), out, **opts)
+    return _done(summary, len(rows))
+
+
+def online(cfg: OnlineConfig, rundir: RunDir) -> dict[str, Any]:
+    from .train.online import train_online
+
+    policy, rm = rundir.root / "policy", rundir.root / "reward_model"
+    if not (rm / "config.json").is_file():
+        raise UserError("the online stage needs RUN/reward_model: add a reward_model section to the config")
+    start = str(policy) if (policy / "model.safetensors").is_file() else "default"
+    speeches = [{"id": r["id"], "text": r["text"]} for r in read_jsonl(rundir.speeches)]
+    opts = cfg.model_dump()
+    dpo_options = opts.pop("dpo") or None
+    summary = train_online(start, rm, speeches, rundir.root / "online", dpo_options=dpo_options, **opts)
+    return _done({"best_round": summary["best_round"]}, len(speeches))
