@@ -72,9 +72,9 @@ def run(cfg: RunConfig, run_dir: str | Path, until: str | None = None, config_pa
     rundir.update_run_json(config=cfg.model_dump(mode="json"), config_path=config_path, versions=versions())
     results = {}
     for name in STAGES:
-        if name in TRAINING_STAGES and getattr(cfg, name) is None:
-            continue  # a training stage runs only when the config has its section
-        results[name] = run_stage(name, cfg, rundir)
+        # A training stage runs only when the config has its section.
+        if name not in TRAINING_STAGES or getattr(cfg, name) is not None:
+            results[name] = run_stage(name, cfg, rundir)
         if name == until:
             break
     return results
