@@ -103,12 +103,15 @@ def _drop_quantization_config(folder: Path) -> None:
         path.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
 
 
-def resolve_local_model(path_or_default: str) -> Path:
-    """A local model folder for ``default`` or ``transformers:PATH`` (GGUF files are converted)."""
+def resolve_local_model(name: str) -> Path:
+    """A local model folder for ``default`` (SmolLM2-135M-Instruct), ``minilm`` (all-MiniLM-L6-v2),
+    or a path, optionally written ``transformers:PATH`` (GGUF files are converted)."""
     quiet_transformers()
-    if path_or_default == "default":
+    if name == "default":
         return gguf_to_safetensors(smollm2_gguf(), cache_dir() / "models" / "SmolLM2-135M-Instruct")
-    path = Path(path_or_default).expanduser()
+    if name == "minilm":
+        return minilm_dir()
+    path = Path(name.removeprefix("transformers:")).expanduser()
     if not path.exists():
         raise UserError(f"model path does not exist: {path}")
     if path.suffix == ".gguf":

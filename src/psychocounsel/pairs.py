@@ -76,9 +76,7 @@ def test_pair(group: list[Scored]) -> tuple[Scored, Scored] | None:
 def as_question(speech: Speech) -> str:
     if not speech.context:
         return speech.text
-    names = {"client": "Client", "user": "Client", "counselor": "Counselor", "assistant": "Counselor"}
-    turns = [f"{names.get(t['role'], t['role'])}: {t['content']}" for t in speech.context]
-    return "\n\n".join(turns + [f"Client: {speech.text}"])
+    return "\n\n".join(speech.context_lines() + [f"Client: {speech.text}"])
 
 
 def rating_int(score: float) -> int:

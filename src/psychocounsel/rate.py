@@ -13,7 +13,7 @@ from typing import Any
 from .config import RateConfig
 from .errors import UserError
 from .generate import load_speeches
-from .judge import build_judge
+from .judge import build_judge, judge_name
 from .progress import bar
 from .records import Rating, Response
 from .rubric import Rubric, load_rubric
@@ -62,4 +62,4 @@ def run(cfg: RateConfig, rundir: RunDir) -> dict[str, Any]:
     failed = sum(r.failed for r in ratings)
     return {"items_in": len(responses), "items_out": len(ratings) - failed, "failed": failed,
             "calls_made": calls_made, "calls_cached": calls_cached, "judge": key,
-            "judge_name": cfg.judge.type if cfg.judge.type == "minilm" else f"llm-{cfg.judge.mode}:{cfg.judge.backend.spec}"}
+            "judge_name": judge_name(cfg.judge)}

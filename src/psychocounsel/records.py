@@ -34,6 +34,11 @@ class Speech:
     def from_dict(cls, data: dict[str, Any]) -> "Speech":
         return _from_dict(cls, data)
 
+    def context_lines(self) -> list[str]:
+        """Earlier turns as ``Client: ...`` / ``Counselor: ...`` lines, for prompts and exports."""
+        names = {"client": "Client", "user": "Client", "counselor": "Counselor", "assistant": "Counselor"}
+        return [f"{names.get(t['role'], t['role'])}: {t['content']}" for t in self.context]
+
     def messages(self) -> list[dict[str, str]]:
         """The speech as chat messages (client = user, counselor = assistant)."""
         role = {"client": "user", "counselor": "assistant", "user": "user", "assistant": "assistant"}

@@ -11,6 +11,11 @@ from ..rubric import Rubric
 from ..store import Cache
 
 
+def judge_name(cfg: JudgeConfig) -> str:
+    """How a judge is named in logs and run.json: ``minilm`` or ``llm-<mode>:<backend spec>``."""
+    return "minilm" if cfg.type == "minilm" else f"llm-{cfg.mode}:{cfg.backend.spec}"
+
+
 def build_judge(cfg: JudgeConfig, rubric: Rubric, cache: Cache):
     if cfg.type == "minilm":
         from .minilm import MiniLMJudge

@@ -17,6 +17,7 @@ from ..config import JudgeConfig
 from ..records import Rating, Response, Speech
 from ..rubric import Principle, Rubric
 from ..store import Cache
+from . import judge_name
 from .parse import ParseError, expected_score, parse_json_scores
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -26,8 +27,7 @@ def render_context(speech: Speech) -> str:
     """Earlier turns of a multi-turn session, as a block the templates put before the speech."""
     if not speech.context:
         return ""
-    names = {"client": "Client", "user": "Client", "counselor": "Counselor", "assistant": "Counselor"}
-    turns = "\n".join(f"{names.get(t['role'], t['role'])}: {t['content']}" for t in speech.context)
+    turns = "\n".join(speech.context_lines())
     return f"<earlier_in_session>\n{turns}\n</earlier_in_session>\n\n"
 
 
@@ -43,7 +43,7 @@ class LLMJudge:
     def __init__(self, cfg: JudgeConfig, rubric: Rubric, cache: Cache):
         self.cfg, self.rubric, self.cache = cfg, rubric, cache
         self.backend = load_backend(cfg.backend)
-        self.name = f"llm-{cfg.mode}:{cfg.backend.spec}"
+        self.name = judge_name(cfg)
         self.json_template = (TEMPLATES / "rate_json.txt").read_text(encoding="utf-8")
         self.logprob_template = (TEMPLATES / "rate_logprob.txt").read_text(encoding="utf-8")
 

@@ -200,14 +200,6 @@ def load_pairs(source: str | Path, split: str) -> list[dict]:
 
 # -- training ---------------------------------------------------------------------------------
 
-def resolve_base(base: str) -> Path:
-    """A local model folder: ``default`` (SmolLM2-135M-Instruct), ``minilm``, or a path."""
-    from ..models import minilm_dir, quiet_transformers, resolve_local_model
-
-    quiet_transformers()
-    return minilm_dir() if base == "minilm" else resolve_local_model(base.removeprefix("transformers:"))
-
-
 def _reward_config(out: Path, opts: dict[str, Any], n_rows: int):
     import torch
     from trl import RewardConfig
@@ -261,7 +253,9 @@ def build_reward_trainer(rows: list[dict], base: str, out: Path, opts: dict[str,
     from transformers import AutoTokenizer
     from trl import RewardTrainer
 
-    path = resolve_base(base)
+    from ..models import resolve_local_model
+
+    path = resolve_local_model(base)
     tokenizer = AutoTokenizer.from_pretrained(path)
     ensure_pad_token(tokenizer)
     model = load_base_classifier(path, tokenizer.pad_token_id, opts["seed"])
