@@ -13,6 +13,8 @@ from psychocounsel.cli import main
 from conftest import write_speeches
 
 STAGES = ("ingest", "generate", "rate", "pairs")
+WINRATE_KEYS = ("n", "wins", "ties", "losses", "win_rate", "ci_low", "ci_high", "lc_win_rate", "per_principle",
+                "position_consistency", "avg_len_policy", "avg_len_reference", "judge")
 FIELDS = ("items_in", "items_out", "failed", "calls_made", "calls_cached", "seconds")
 
 
@@ -108,13 +110,21 @@ def test_training_stages_run_when_configured_and_are_skipped_when_done(tmp_path,
                   "max_steps": 2}
     cfg["online"] = {"speeches_per_round": 2, "k": 2, "max_tokens": 8, "dev_fraction": 0.2,
                      "dpo": {"max_steps": 1, "batch_size": 2, "lr": 1e-3, "max_length": 128, "max_prompt_length": 64}}
+    cfg["eval"] = {"speeches": str(write_speeches(tmp_path / "heldout.jsonl", 4)), "max_tokens": 8,
+                   "policy": {"spec": "policy", "device": "cpu"},
+                   "reference": {"spec": f"transformers:{tiny_lm}", "device": "cpu"}, "judges": ["reward_model"]}
     cfg_path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
     assert main(["run", str(cfg_path), "--run-dir", str(run), "-q"]) == 0
     stages = json.loads((run / "run.json").read_text())["stages"]
-    assert {"reward_model", "dpo", "online"} <= set(stages)
+    assert {"reward_model", "dpo", "online", "eval", "report"} <= set(stages)
+    result = json.loads((run / "eval" / "winrate.json").read_text())
+    assert set(WINRATE_KEYS) <= set(result) and result["n"] == 4 and result["wins"] + result["ties"] + result["losses"] == 4
+    assert result["position_consistency"] == 1.0  # a reward model does not see positions
+    assert {"mean_reward_policy", "mean_reward_reference"} <= set(result)
+    assert (run / "report.html").is_file()
     metrics = json.loads((run / "reward_model" / "metrics.json").read_text())
     assert {"accuracy", "auc", "ece", "brier"} <= set(metrics)
-    assert (run / "policy" / "model.safetensors").is_file()
+    assert (run / "policy" / "model.safetensors").is_file() and (run / "reward_model" / "predictions.jsonl").is_file()
     assert (run / "online" / "round_1" / "DONE").is_file() and (run / "online" / "summary.json").is_file()
 
     assert main(["run", str(cfg_path), "--run-dir", str(run), "-q"]) == 0

@@ -12,12 +12,15 @@ from pathlib import Path
 
 from . import __version__
 from .errors import UserError
+from .pipeline import STAGES
 
 DESCRIPTION = ("Principle-based preference learning for psycho-counseling: rate counselor responses "
-               "on seven principles and build a preference data set from the ratings.")
+               "on seven principles, build a preference data set from the ratings, train a reward model "
+               "and a policy (DPO, online iterative DPO), and measure win rates.")
 EPILOG = """\
-stages: ingest -> generate -> rate -> pairs. Each reads and writes the run directory
-(--run-dir); `run` chains them. Rerunning any of them resumes and skips finished work.
+stages: ingest -> generate -> rate -> pairs [-> reward_model -> dpo -> online -> eval] -> report.
+Each reads and writes the run directory (--run-dir); `run` chains them. Rerunning resumes and
+skips finished work. train-*, eval-* and report also run on their own.
 Example: psychocounsel run configs/quickstart.yaml --run-dir runs/quickstart"""
 
 
@@ -36,11 +39,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="run the stages of a config in order, resuming done work",
                        description="Run the stages of CONFIG in order into --run-dir: ingest, generate, rate, "
-                       "pairs, then reward_model, dpo and online when the config has those sections. "
-                       "Work already in the run directory (and the call cache) is not redone.")
+                       "pairs, then reward_model, dpo, online and eval when the config has those sections, "
+                       "then the report. Work already in the run directory (and the call cache) is not redone.")
     p.add_argument("config", help="run config YAML, e.g. configs/quickstart.yaml")
     p.add_argument("--run-dir", required=True, type=Path, help="the run directory (created if absent)")
-    p.add_argument("--until", choices=["ingest", "generate", "rate", "pairs", "reward_model", "dpo", "online"],
+    p.add_argument("--until", choices=STAGES,
                    help="stop after this stage")
     p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
 
@@ -90,17 +93,71 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help="seed of the train/test split")
     p.add_argument("--rubric", type=Path, help="rubric YAML used for the weights")
     _training_parsers(sub)
+    _eval_parsers(sub)
     return parser
 
 
-def _pairs_and_base(p: argparse.ArgumentParser, base_default: str) -> None:
+def _eval_parsers(sub) -> None:
+    p = sub.add_parser("eval-winrate", help="win rate of a policy against a reference, judged in both orders",
+                       description="Both sides answer every held-out speech (cached); each judge compares the "
+                       "answers with the policy first and again with it second. A win counts only when both "
+                       "orders agree, else a tie (worth half). Writes OUT/winrate.json: win rate with a "
+                       "bootstrap 95%% CI, length-controlled win rate, per-principle win rates, position "
+                       "consistency, average lengths; and OUT/<judge>/judgements.jsonl.")
+    p.add_argument("--policy", required=True, help="backend spec (default, transformers:PATH, openai:MODEL) or a "
+                   "model folder; with --run-dir also 'policy' (RUN/policy) or 'online' (RUN/online/best)")
+    p.add_argument("--reference", default="default", help="the other side, as --policy (default: SmolLM2-135M)")
+    p.add_argument("--judge", action="append", help="'rm:PATH' (a reward model: higher reward wins), a backend spec "
+                   "for an LLM judge, or 'reward_model' (RUN/reward_model); repeat for a panel (majority)")
+    p.add_argument("--judge-mode", choices=["json", "logprob"], default="json",
+                   help="LLM judge: one JSON verdict per comparison, or A/B log-probabilities per principle")
+    p.add_argument("--judge-base-url", help="OpenAI-compatible server URL for openai: judges")
+    p.add_argument("--policy-base-url", help="server URL for an openai: policy")
+    p.add_argument("--reference-base-url", help="server URL for an openai: reference")
+    p.add_argument("--speeches", required=True, type=Path, help="held-out speeches, JSONL ({id, text} or "
+                   "MentalChat16K's {question_id, turns})")
+    p.add_argument("--out", required=True, type=Path, help="output folder")
+    p.add_argument("--run-dir", type=Path, help="a run directory, for 'policy', 'online' and 'reward_model'")
+    p.add_argument("--max-tokens", type=int, help="answer length limit in tokens (default 256)")
+    p.add_argument("--temperature", type=float, help="sampling temperature of both sides (default 0.7)")
+    p.add_argument("--system-prompt", help="system prompt given to both sides")
+    p.add_argument("--limit", type=int, help="only the first N speeches")
+    p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+
+    p = sub.add_parser("eval-judge", help="agreement of a judge with human-labelled preference pairs",
+                       description="Judge human-labelled pairs in both orders; report accuracy, Cohen's kappa "
+                       "and position consistency, so a cheap judge can be checked before it is trusted. Data: "
+                       "question/prompt + chosen + rejected, or question/prompt + response_a + response_b + "
+                       "label (A, B or tie); JSONL, CSV or Parquet.")
+    p.add_argument("--judge", action="append", required=True, help="as eval-winrate's --judge; repeat for a panel")
+    p.add_argument("--judge-mode", choices=["json", "logprob"], default="json")
+    p.add_argument("--judge-base-url", help="OpenAI-compatible server URL for openai: judges")
+    p.add_argument("--data", required=True, type=Path, help="labelled pairs file")
+    p.add_argument("--out", type=Path, help="write the metrics as JSON here")
+    p.add_argument("--cache", type=Path, help="call cache (default: beside --out, else none kept)")
+    p.add_argument("--limit", type=int, help="only the first N pairs")
+    p.add_argument("--seed", type=int, default=0, help="seed of which pairs show the chosen answer first")
+    p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+
+    p = sub.add_parser("report", help="write RUN/report.html (self-contained) and its PNGs",
+                       description="Plots of a run (score distributions, generators, pair gaps, reward-model "
+                       "reliability, training curves, win rates, length vs score) in one HTML file that opens "
+                       "offline; the PNGs go to RUN/report/.")
+    p.add_argument("run_dir", type=Path, help="the run directory")
+    p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+
+
+def _pairs_and_base(p: argparse.ArgumentParser, base_default: str, section: str) -> None:
     p.add_argument("--pairs", required=True, help="a run's pairs/ folder, a .parquet/.jsonl/.csv file, a saved "
                    "`datasets` folder, or a Hugging Face dataset id in the published schema (needs network)")
-    p.add_argument("--base", default=base_default, help=f"'default' (SmolLM2-135M-Instruct), 'minilm' "
-                   f"(all-MiniLM-L6-v2) or a local model folder / .gguf file (default: {base_default})")
+    p.add_argument("--base", help=f"'default' (SmolLM2-135M-Instruct), 'minilm' (all-MiniLM-L6-v2) or a local "
+                   f"model folder / .gguf file (default: the --config section's, else {base_default})")
+    p.add_argument("--config", help=f"a run config (e.g. configs/paper.yaml): its {section} section gives the "
+                   "defaults, flags override them")
     p.add_argument("--out", required=True, type=Path, help="output folder for the model, log and card")
     p.add_argument("--epochs", type=float, help="passes over the train split")
-    p.add_argument("--batch-size", type=int, help="pairs per step")
+    p.add_argument("--batch-size", type=int, help="pairs per step and device")
+    p.add_argument("--grad-accum", type=int, help="gradient accumulation steps")
     p.add_argument("--lr", type=float, help="learning rate")
     p.add_argument("--max-length", type=int, help="tokens per prompt + response")
     p.add_argument("--lora", action="store_true", default=None, help="train LoRA adapters (merged on save)")
@@ -114,7 +171,7 @@ def _training_parsers(sub) -> None:
                        description="Train a reward model (TRL RewardTrainer, -log sigmoid(r_chosen - r_rejected "
                        "- margin)) on the train split; evaluate accuracy, AUC, ECE and Brier on the test split. "
                        "Writes safetensors, tokenizer, metrics.json and a model card to --out.")
-    _pairs_and_base(p, "minilm")
+    _pairs_and_base(p, "minilm", "reward_model")
     p.add_argument("--no-margin", dest="use_margin", action="store_false", default=None,
                    help="ignore the pairs' score margins in the loss")
 
@@ -131,10 +188,9 @@ def _training_parsers(sub) -> None:
     p = sub.add_parser("train-dpo", help="align a policy with offline DPO on preference pairs",
                        description="DPO (TRL DPOTrainer) on the train split, the base as reference. Logs reward "
                        "margins and accuracies; writes the policy (safetensors), log and model card to --out.")
-    _pairs_and_base(p, "default")
+    _pairs_and_base(p, "default", "dpo")
     p.add_argument("--beta", type=float, help="DPO beta (default 0.1, as in the paper)")
     p.add_argument("--loss-type", help="TRL loss type (default sigmoid)")
-    p.add_argument("--grad-accum", type=int, help="gradient accumulation steps")
     p.add_argument("--max-prompt-length", type=int, help="speech tokens kept (the end of the speech)")
     p.add_argument("--max-steps", type=int, help="stop after this many steps")
 
@@ -197,14 +253,33 @@ def _options(args, names: tuple[str, ...]) -> dict:
     return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
 
 
-_COMMON = ("epochs", "batch_size", "lr", "max_length", "lora", "lora_r", "seed")
+_COMMON = ("epochs", "batch_size", "grad_accum", "lr", "max_length", "lora", "lora_r", "seed")
+
+
+def _section_options(args, section: str, names: tuple[str, ...], base_default: str) -> tuple[str, dict]:
+    """(base, options) for a training command: the --config section's values (when given), then
+    the flags the user set; the training functions' own defaults fill in the rest."""
+    opts: dict = {}
+    if args.config:
+        from .config import load_config
+
+        values = getattr(load_config(args.config), section)
+        if values is None:
+            raise UserError(f"{args.config} has no '{section}' section")
+        opts = values.model_dump()
+    opts.update(_options(args, names))
+    base = args.base or opts.pop("base", None) or base_default
+    opts.pop("base", None)
+    return base, opts
 
 
 def _train_rm(args) -> None:
     from .train.reward import train_reward_model
 
-    metrics = train_reward_model(args.pairs, args.base, args.out, **_options(args, _COMMON + ("use_margin",)))
-    print(json.dumps({k: metrics[k] for k in ("n", "accuracy", "auc", "ece", "brier")}))
+    base, opts = _section_options(args, "reward_model", _COMMON + ("use_margin",), "minilm")
+    metrics = train_reward_model(args.pairs, base, args.out, **opts)
+    if metrics:  # empty on the non-main processes of accelerate launch
+        print(json.dumps({k: metrics[k] for k in ("n", "accuracy", "auc", "ece", "brier")}))
 
 
 def _eval_rm(args) -> None:
@@ -221,8 +296,11 @@ def _train_dpo(args) -> None:
     from .train.dpo import train_dpo
     from .train.reward import load_pairs
 
-    opts = _options(args, _COMMON + ("beta", "loss_type", "grad_accum", "max_prompt_length", "max_steps"))
-    print(json.dumps(train_dpo(load_pairs(args.pairs, "train"), args.base, args.out, **opts)))
+    base, opts = _section_options(args, "dpo", _COMMON + ("beta", "loss_type", "max_prompt_length", "max_steps"),
+                                  "default")
+    summary = train_dpo(load_pairs(args.pairs, "train"), base, args.out, **opts)
+    if summary:
+        print(json.dumps(summary))
 
 
 def _train_online(args) -> None:
@@ -239,7 +317,39 @@ def _train_online(args) -> None:
     print(json.dumps({"best_round": summary["best_round"], "best_policy": str(summary["best_policy"])}))
 
 
-TRAINING = {"train-rm": _train_rm, "eval-rm": _eval_rm, "train-dpo": _train_dpo, "train-online": _train_online}
+def _eval_winrate(args) -> None:
+    from .config import BackendConfig, EvalConfig, WinrateJudgeConfig
+    from .evaluate import winrate
+
+    judges = args.judge or ["reward_model"]
+    cfg = EvalConfig(speeches=args.speeches,
+                     policy=BackendConfig(spec=args.policy, base_url=args.policy_base_url),
+                     reference=BackendConfig(spec=args.reference, base_url=args.reference_base_url),
+                     judges=[WinrateJudgeConfig(spec=judges if len(judges) > 1 else judges[0], mode=args.judge_mode,
+                                                base_url=args.judge_base_url)],
+                     **_options(args, ("max_tokens", "temperature", "system_prompt", "limit")))
+    print(winrate.headline(winrate.run(cfg, args.out, run_dir=args.run_dir)))
+
+
+def _eval_judge(args) -> None:
+    from .evaluate.judge_eval import run_eval_judge
+
+    result = run_eval_judge(args.judge, args.data, out=args.out, mode=args.judge_mode,
+                            base_url=args.judge_base_url, cache_path=args.cache, limit=args.limit, seed=args.seed)
+    print(json.dumps({k: v for k, v in result.items() if k != "failures"}))
+
+
+def _report(args) -> None:
+    from .report import write_report
+
+    if not args.run_dir.is_dir():
+        raise UserError(f"no such run directory: {args.run_dir}")
+    print(write_report(args.run_dir))
+
+
+# Commands that take their own arguments rather than a stage of a run config.
+COMMANDS = {"train-rm": _train_rm, "eval-rm": _eval_rm, "train-dpo": _train_dpo, "train-online": _train_online,
+            "eval-winrate": _eval_winrate, "eval-judge": _eval_judge, "report": _report}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -254,8 +364,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from . import pipeline
 
-        if args.command in TRAINING:
-            TRAINING[args.command](args)
+        if args.command in COMMANDS:
+            COMMANDS[args.command](args)
         elif args.command == "run":
             from .config import load_config
 

@@ -113,7 +113,8 @@ class RewardModelConfig(_Strict):
 
     base: str = "minilm"  # minilm | default | a local model folder
     epochs: float = Field(2, gt=0)  # the paper: 2
-    batch_size: int = Field(8, ge=1)  # the paper: 128
+    batch_size: int = Field(8, ge=1)  # per device; the paper: 128 in all
+    grad_accum: int = Field(1, ge=1)
     lr: float = Field(9e-6, gt=0)  # the paper: 9e-6
     max_length: int = Field(512, ge=16)
     use_margin: bool = True
@@ -152,6 +153,51 @@ class OnlineConfig(_Strict):
     dpo: dict[str, float | int | str | bool] = Field(default_factory=dict)  # train-dpo options per round
 
 
+class WinrateJudgeConfig(_Strict):
+    """One judge of eval-winrate. ``spec``: ``reward_model`` (this run's RUN/reward_model),
+    ``rm:PATH`` (any reward model folder), or a backend spec for an LLM judge (``default``,
+    ``transformers:PATH``, ``openai:MODEL``); a list of specs is a panel voting by majority."""
+
+    spec: str | list[str]
+    mode: Literal["json", "logprob"] = "json"  # LLM judges: one JSON verdict, or A/B log-probabilities
+    base_url: str | None = None  # openai: judges; default $OPENAI_BASE_URL, else api.openai.com
+
+    @field_validator("spec")
+    @classmethod
+    def _not_empty(cls, v):
+        if not v:
+            raise ValueError("a judge needs a spec (or a non-empty list of specs for a panel)")
+        return v
+
+
+def _judge(value: Any) -> Any:
+    return {"spec": value} if isinstance(value, (str, list)) else value
+
+
+class EvalConfig(_Strict):
+    """eval-winrate as a stage: policy vs reference on held-out speeches, each judge into RUN/eval."""
+
+    speeches: Path  # JSONL of held-out speeches: {id?, text} or MentalChat16K's {question_id, turns}
+    # 'policy' = RUN/policy (offline DPO), 'online' = RUN/online/best, else any backend spec.
+    policy: BackendConfig = Field(default_factory=lambda: BackendConfig(spec="policy"))
+    reference: BackendConfig = Field(default_factory=BackendConfig)  # the base model
+    judges: list[WinrateJudgeConfig] = Field(default_factory=lambda: [WinrateJudgeConfig(spec="reward_model")])
+    system_prompt: str | None = None  # given to both sides alike
+    temperature: float = Field(0.7, ge=0)
+    max_tokens: int = Field(256, ge=1)
+    trim_incomplete: bool = False
+    limit: int | None = Field(None, ge=1)  # the first N speeches
+    n_boot: int = Field(2000, ge=100)  # bootstrap resamples for the 95% CI
+    seed: int = 0
+
+    _coerce_policy = field_validator("policy", "reference", mode="before")(_backend)
+
+    @field_validator("judges", mode="before")
+    @classmethod
+    def _coerce_judges(cls, v):
+        return [_judge(j) for j in v] if isinstance(v, list) else v
+
+
 class RunConfig(_Strict):
     ingest: IngestConfig = Field(default_factory=IngestConfig)
     generate: GenerateConfig = Field(default_factory=GenerateConfig)
@@ -161,6 +207,7 @@ class RunConfig(_Strict):
     reward_model: RewardModelConfig | None = None
     dpo: DPOStageConfig | None = None
     online: OnlineConfig | None = None
+    eval: EvalConfig | None = None  # eval-winrate of the trained policy; runs only when present
 
 
 def format_validation_error(err: ValidationError, source: str) -> str:
@@ -178,6 +225,8 @@ def _resolve_paths(cfg: RunConfig, base: Path) -> None:
         cfg.ingest.input = base / cfg.ingest.input
     if cfg.rate.rubric is not None and not cfg.rate.rubric.is_absolute():
         cfg.rate.rubric = base / cfg.rate.rubric
+    if cfg.eval is not None and not cfg.eval.speeches.is_absolute():
+        cfg.eval.speeches = base / cfg.eval.speeches
 
 
 def load_config(path: str | Path) -> RunConfig:

@@ -13,8 +13,8 @@ from .errors import UserError
 from .store import RunDir
 
 log = logging.getLogger(__name__)
-STAGES = ("ingest", "generate", "rate", "pairs", "reward_model", "dpo", "online")
-TRAINING_STAGES = STAGES[4:]
+STAGES = ("ingest", "generate", "rate", "pairs", "reward_model", "dpo", "online", "eval", "report")
+OPTIONAL_STAGES = ("reward_model", "dpo", "online", "eval")  # run only when the config has their section
 _PACKAGES = ("psychocounsel", "torch", "transformers", "trl", "httpx", "pydantic", "pyarrow")
 
 
@@ -28,33 +28,66 @@ def versions() -> dict[str, str]:
     return out
 
 
-def run_stage(name: str, cfg: RunConfig, rundir: RunDir) -> dict[str, Any]:
-    """Run one stage, time it, and overwrite ``stages.<name>`` in run.json with its figures."""
-    start = time.perf_counter()
-    if name == "ingest":
-        from . import ingest
+def _ingest(cfg: RunConfig, rundir: RunDir) -> dict[str, Any]:
+    from . import ingest
 
-        if cfg.ingest.input is None:
-            raise UserError("no input to ingest: set ingest.input in the config or pass INPUT")
-        stats = ingest.run(cfg.ingest, rundir.speeches, log=log.info)
-    elif name == "generate":
-        from . import generate
+    if cfg.ingest.input is None:
+        raise UserError("no input to ingest: set ingest.input in the config or pass INPUT")
+    return ingest.run(cfg.ingest, rundir.speeches, log=log.info)
 
-        stats = generate.run(cfg.generate, rundir)
-    elif name == "rate":
-        from . import rate
 
-        stats = rate.run(cfg.rate, rundir)
-    elif name == "pairs":
-        from . import pairs
+def _generate(cfg: RunConfig, rundir: RunDir) -> dict[str, Any]:
+    from . import generate
 
-        stats = pairs.run(cfg.pairs, rundir, cfg.rate.rubric)
-    elif name in TRAINING_STAGES:
+    return generate.run(cfg.generate, rundir)
+
+
+def _rate(cfg: RunConfig, rundir: RunDir) -> dict[str, Any]:
+    from . import rate
+
+    return rate.run(cfg.rate, rundir)
+
+
+def _pairs(cfg: RunConfig, rundir: RunDir) -> dict[str, Any]:
+    from . import pairs
+
+    return pairs.run(cfg.pairs, rundir, cfg.rate.rubric)
+
+
+def _training(name: str):
+    def stage(cfg: RunConfig, rundir: RunDir) -> dict[str, Any]:
         from . import training_stages
 
-        stats = getattr(training_stages, name)(getattr(cfg, name), rundir)
-    else:
+        return getattr(training_stages, name)(getattr(cfg, name), rundir)
+    return stage
+
+
+def _eval(cfg: RunConfig, rundir: RunDir) -> dict[str, Any]:
+    from .evaluate import winrate
+
+    result = winrate.run(cfg.eval, rundir.root / "eval", run_dir=rundir.root, rubric_path=cfg.rate.rubric)
+    return {"items_in": result["n_speeches"], "items_out": result["n"], "failed": result["failed"],
+            "calls_made": result["calls_made"], "calls_cached": result["calls_cached"],
+            "win_rate": result["win_rate"], "lc_win_rate": result["lc_win_rate"], "judge": result["judge"]}
+
+
+def _report(cfg: RunConfig, rundir: RunDir) -> dict[str, Any]:
+    from .report import write_report
+
+    path = write_report(rundir.root)
+    return {"report": str(path)}
+
+
+RUNNERS = {"ingest": _ingest, "generate": _generate, "rate": _rate, "pairs": _pairs, "eval": _eval,
+           "report": _report, **{name: _training(name) for name in ("reward_model", "dpo", "online")}}
+
+
+def run_stage(name: str, cfg: RunConfig, rundir: RunDir) -> dict[str, Any]:
+    """Run one stage, time it, and overwrite ``stages.<name>`` in run.json with its figures."""
+    if name not in RUNNERS:
         raise UserError(f"unknown stage '{name}'; stages: {', '.join(STAGES)}")
+    start = time.perf_counter()
+    stats = RUNNERS[name](cfg, rundir)
     stats.setdefault("calls_made", 0)  # stages without model calls report zeros, not gaps
     stats.setdefault("calls_cached", 0)
     stats["seconds"] = round(time.perf_counter() - start, 2)
@@ -72,8 +105,7 @@ def run(cfg: RunConfig, run_dir: str | Path, until: str | None = None, config_pa
     rundir.update_run_json(config=cfg.model_dump(mode="json"), config_path=config_path, versions=versions())
     results = {}
     for name in STAGES:
-        # A training stage runs only when the config has its section.
-        if name not in TRAINING_STAGES or getattr(cfg, name) is not None:
+        if name not in OPTIONAL_STAGES or getattr(cfg, name) is not None:
             results[name] = run_stage(name, cfg, rundir)
         if name == until:
             break

@@ -33,7 +33,7 @@ def dpo(cfg: DPOStageConfig, rundir: RunDir) -> dict[str, Any]:
     from .train.reward import load_pairs
 
     out = rundir.root / "policy"
-    if (out / "model.safetensors").is_file():
+    if (out / "train_log.json").is_file():  # written after the model (which may be sharded files)
         return _done({"skipped": "already trained"}, 0)
     rows = load_pairs(rundir.pairs, "train")
     opts = cfg.model_dump()
@@ -47,7 +47,7 @@ def online(cfg: OnlineConfig, rundir: RunDir) -> dict[str, Any]:
     policy, rm = rundir.root / "policy", rundir.root / "reward_model"
     if not (rm / "config.json").is_file():
         raise UserError("the online stage needs RUN/reward_model: add a reward_model section to the config")
-    start = str(policy) if (policy / "model.safetensors").is_file() else "default"
+    start = str(policy) if (policy / "train_log.json").is_file() else "default"
     speeches = [{"id": r["id"], "text": r["text"]} for r in read_jsonl(rundir.speeches)]
     opts = cfg.model_dump()
     dpo_options = opts.pop("dpo") or None

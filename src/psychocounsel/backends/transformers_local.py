@@ -14,6 +14,16 @@ from ..store import stable_hash
 from .base import Backend, ChatRequest, Completion
 
 
+def weights_fingerprint(path) -> str:
+    """Size and modification time of every weights file under ``path`` (a folder or a file),
+    hashed: cheap, and changed by any retraining that writes new weights."""
+    from pathlib import Path
+
+    path = Path(path)
+    files = sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin")) if path.is_dir() else [path]
+    return stable_hash([(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files if f.exists()], 12)
+
+
 def _pick_device(name: str) -> str:
     import torch
 
@@ -39,7 +49,10 @@ class TransformersBackend(Backend):
 
     def identity(self) -> dict[str, Any]:
         # The model is named by what it is, not where it lies, so that a moved cache still hits.
-        return {"backend": self.name, "model": self.path.name if self.model == "default" else self.model}
+        # A folder's weights are fingerprinted too: a policy retrained in the same folder is a new model.
+        if self.model == "default":
+            return {"backend": self.name, "model": self.path.name}
+        return {"backend": self.name, "model": self.model, "weights": weights_fingerprint(self.path)}
 
     def _load(self):
         if self._lm is None:

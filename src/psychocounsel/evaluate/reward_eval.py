@@ -238,12 +238,19 @@ def score_responses(model, tokenizer, prompts: list, responses: list, batch_size
     return rewards
 
 
-def score_model(model, tokenizer, rows: list[dict], batch_size: int = 16, max_length: int = 512) -> np.ndarray:
-    """d = r_chosen - r_rejected for TRL-style rows (prompt, chosen, rejected), in row order."""
+def score_pair_rewards(model, tokenizer, rows: list[dict], batch_size: int = 16,
+                       max_length: int = 512) -> tuple[np.ndarray, np.ndarray]:
+    """(r_chosen, r_rejected) for TRL-style rows (prompt, chosen, rejected), in row order."""
     prompts = [r["prompt"] for r in rows] * 2
     responses = [r["chosen"] for r in rows] + [r["rejected"] for r in rows]
     rewards = score_responses(model, tokenizer, prompts, responses, batch_size, max_length)
-    return rewards[:len(rows)] - rewards[len(rows):]
+    return rewards[:len(rows)], rewards[len(rows):]
+
+
+def score_model(model, tokenizer, rows: list[dict], batch_size: int = 16, max_length: int = 512) -> np.ndarray:
+    """d = r_chosen - r_rejected for TRL-style rows (prompt, chosen, rejected), in row order."""
+    chosen, rejected = score_pair_rewards(model, tokenizer, rows, batch_size, max_length)
+    return chosen - rejected
 
 
 def load_reward_model(model_dir: str | Path):

@@ -112,3 +112,113 @@ def expected_score(top_logprobs: dict[str, float] | None, min_mass: float = MIN_
     if mass <= 0 or mass < min_mass:
         raise ParseError(f"digits 1-5 hold {mass:.0%} of the probability (need {min_mass:.0%})")
     return sum(d * p for d, p in probs.items()) / mass
+
+
+# -- pairwise comparisons ---------------------------------------------------------------------
+
+_VERDICT_WORDS = {
+    "a": "A", "response a": "A", "b": "B", "response b": "B",
+    "tie": "tie", "equal": "tie", "equally good": "tie", "draw": "tie", "same": "tie",
+}
+
+
+def parse_choice(value: object) -> str:
+    """"A", "B" or "tie" from one verdict value; case, whitespace, quotes and a trailing full
+    stop do not matter. ``ParseError`` for anything else (never a guess).
+
+    >>> [parse_choice(v) for v in ("A", " b ", "Response A", "response_b", "TIE", "Equal.")]
+    ['A', 'B', 'A', 'B', 'tie', 'tie']
+    >>> parse_choice("both are good")
+    Traceback (most recent call last):
+    ...
+    psychocounsel.judge.parse.ParseError: 'both are good' is not A, B or tie
+    """
+    if not isinstance(value, str):
+        raise ParseError(f"{json.dumps(value)} is not A, B or tie")
+    word = " ".join(value.strip().strip("\"'*.").replace("_", " ").split()).lower()
+    if word not in _VERDICT_WORDS:
+        raise ParseError(f"{value.strip()!r} is not A, B or tie")
+    return _VERDICT_WORDS[word]
+
+
+def parse_json_comparison(text: str, keys: list[str]) -> tuple[dict[str, str], str]:
+    """A verdict ("A", "B" or "tie") for every principle key and for "overall", and the
+    rationale, from a JSON judge reply.
+
+    Accepts a flat ``{key: v, ..., "overall": v, "rationale": s}`` or the verdicts nested under
+    ``"verdicts"``; values are read by :func:`parse_choice`. The first key that is missing or not
+    a verdict is named in the ``ParseError``.
+
+    >>> parse_json_comparison('{"empathy": "a", "safety": "Tie", "overall": "A", "rationale": "Warmer."}',
+    ...                       ["empathy", "safety"])
+    ({'empathy': 'A', 'safety': 'tie', 'overall': 'A'}, 'Warmer.')
+    >>> parse_json_comparison('```json\\n{"verdicts": {"empathy": "Response B", "overall": "b"}}\\n```', ["empathy"])
+    ({'empathy': 'B', 'overall': 'B'}, '')
+    >>> parse_json_comparison('{"empathy": "A"}', ["empathy"])
+    Traceback (most recent call last):
+    ...
+    psychocounsel.judge.parse.ParseError: missing verdict for 'overall'
+    >>> parse_json_comparison('{"empathy": 4, "overall": "A"}', ["empathy"])
+    Traceback (most recent call last):
+    ...
+    psychocounsel.judge.parse.ParseError: verdict for 'empathy': 4 is not A, B or tie
+    """
+    obj = _json_object(text)
+    verdicts = obj.get("verdicts", obj)
+    if not isinstance(verdicts, dict):
+        raise ParseError("'verdicts' is not an object")
+    out: dict[str, str] = {}
+    for key in [k for k in keys if k != "overall"] + ["overall"]:
+        value = verdicts.get(key, obj.get(key))
+        if value is None:
+            raise ParseError(f"missing verdict for '{key}'")
+        try:
+            out[key] = parse_choice(value)
+        except ParseError as e:
+            raise ParseError(f"verdict for '{key}': {e}") from None
+    rationale = obj.get("rationale", "")
+    return out, rationale if isinstance(rationale, str) else json.dumps(rationale)
+
+
+MIN_LETTER_MASS = 0.5  # below this the judge was not answering A or B at all
+TIE_BAND = 0.1  # |P(A) - P(B)| under this (after renormalising over A and B) is a tie: 45-55%
+
+
+def _letter(token: str) -> str | None:
+    """ "A" or "B" when a first token is that letter ("A", " A", "(A", "**B"), else None. Only
+    capitals count: a lowercase "a" is usually the article that starts a sentence."""
+    word = token.strip().strip("()[]*.:\"'")
+    return word if word in ("A", "B") else None
+
+
+def letter_preference(top_logprobs: dict[str, float] | None, min_mass: float = MIN_LETTER_MASS,
+                      tie_band: float = TIE_BAND) -> str:
+    """"A", "B" or "tie" from the judge's probabilities for its first token.
+
+    Probabilities are summed over the spellings of each letter ("A", " A", "(A"), then
+    renormalised over A and B; a difference under ``tie_band`` is a tie. When A and B together
+    hold less than ``min_mass`` the judge was saying something else: ``ParseError``.
+
+    >>> letter_preference({"A": math.log(0.5), " A": math.log(0.2), "B": math.log(0.3)})
+    'A'
+    >>> letter_preference({"B": math.log(0.47), "A": math.log(0.43), "The": math.log(0.1)})
+    'tie'
+    >>> letter_preference({"Sure": math.log(0.8), "B": math.log(0.1)})
+    Traceback (most recent call last):
+    ...
+    psychocounsel.judge.parse.ParseError: A and B hold 10% of the probability (need 50%)
+    """
+    if not top_logprobs:
+        raise ParseError("no logprobs returned (does the server support logprobs?)")
+    probs = {"A": 0.0, "B": 0.0}
+    for token, logprob in top_logprobs.items():
+        letter = _letter(token)
+        if letter:
+            probs[letter] += math.exp(logprob)
+    mass = probs["A"] + probs["B"]
+    if mass <= 0 or mass < min_mass:
+        raise ParseError(f"A and B hold {mass:.0%} of the probability (need {min_mass:.0%})")
+    diff = (probs["A"] - probs["B"]) / mass
+    if diff == 0 or abs(diff) < tie_band:
+        return "tie"
+    return "A" if diff > 0 else "B"

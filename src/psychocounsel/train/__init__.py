@@ -40,13 +40,29 @@ def use_step_log(trainer, margin_key: str, accuracy_key: str) -> None:
 
 
 def save_merged(trainer, out):
-    """Save the trained model (LoRA merged into the base) as safetensors, and the tokenizer."""
+    """Save the trained model (LoRA merged into the base) as safetensors, and the tokenizer.
+
+    Safe under ``accelerate launch``: ``Trainer.save_model`` gathers ZeRO-3 shards and writes on
+    the main process only; every process waits for the files. Returns the in-memory model on a
+    single process, else None (callers that need it reload from ``out`` on the main process,
+    since a sharded model cannot score on its own).
+    """
     from peft import PeftModel
 
     model = trainer.model
+    model.config.use_cache = True  # training turns the KV cache off; generation wants it back
     if isinstance(model, PeftModel):
         model = model.merge_and_unload()
-    model.config.use_cache = True  # training turns the KV cache off; generation wants it back
-    model.save_pretrained(out)
-    trainer.processing_class.save_pretrained(out)
-    return model
+        if trainer.accelerator.is_main_process:
+            model.save_pretrained(out)
+    else:
+        trainer.save_model(str(out))
+    if trainer.accelerator.is_main_process:
+        trainer.processing_class.save_pretrained(out)
+    trainer.accelerator.wait_for_everyone()
+    return model if trainer.accelerator.num_processes == 1 else None
+
+
+def is_main_process(trainer) -> bool:
+    """Whether this process writes metrics, logs and cards (rank 0 under ``accelerate launch``)."""
+    return trainer.accelerator.is_main_process

@@ -24,7 +24,7 @@ from typing import Any
 from ..card import intended_use
 from ..errors import UserError
 from ..progress import enabled as progress_enabled
-from . import lora_config, save_merged, use_step_log
+from . import is_main_process, lora_config, save_merged, use_step_log
 
 log = logging.getLogger(__name__)
 
@@ -254,6 +254,8 @@ def train_dpo(rows: list[dict], base: str, out: Path, *, beta: float = 0.1, loss
     trainer.train()
     seconds = time.perf_counter() - start
     save_policy(trainer, out)
+    if not is_main_process(trainer):
+        return {}  # under accelerate launch the main process writes the log and card
     history = trainer.state.log_history
     write_json(out / "train_log.json", history)
     summary = summarize(history, seconds)

@@ -31,7 +31,7 @@ from ..card import intended_use
 from ..errors import UserError
 from ..evaluate.reward_eval import encode, ensure_pad_token
 from ..progress import enabled as progress_enabled
-from . import lora_config, save_merged, use_step_log
+from . import is_main_process, lora_config, save_merged, use_step_log
 
 log = logging.getLogger(__name__)
 
@@ -209,7 +209,7 @@ def _reward_config(out: Path, opts: dict[str, Any], n_rows: int):
     cpu = not cuda if opts["cpu"] is None else opts["cpu"]
     if not cpu and not cuda:
         raise UserError("cpu=False asks for a GPU, but torch sees no CUDA device")
-    steps = math.ceil(n_rows / opts["batch_size"]) * opts["epochs"]
+    steps = math.ceil(n_rows / (opts["batch_size"] * opts["grad_accum"])) * opts["epochs"]
     return RewardConfig(
         output_dir=str(out), report_to="none", save_strategy="no", disable_tqdm=not progress_enabled(),
         use_cpu=cpu, bf16=not cpu,  # TRL defaults bf16=True; CPU autocast in bf16 is slow and lossy
@@ -217,6 +217,7 @@ def _reward_config(out: Path, opts: dict[str, Any], n_rows: int):
         # TRL's default gradient_checkpointing=True. Off on CPU: memory is not the limit, time is (~20% more).
         activation_checkpointing=not cpu,
         learning_rate=opts["lr"], num_train_epochs=opts["epochs"], per_device_train_batch_size=opts["batch_size"],
+        gradient_accumulation_steps=opts["grad_accum"],
         max_length=opts["max_length"],  # TRL's length filter; a no-op, encode() already fitted every sequence
         logging_steps=max(1, min(10, int(steps) // 20)), seed=opts["seed"],
     )
@@ -258,12 +259,14 @@ def build_reward_trainer(rows: list[dict], base: str, out: Path, opts: dict[str,
     path = resolve_local_model(base)
     tokenizer = AutoTokenizer.from_pretrained(path)
     ensure_pad_token(tokenizer)
+    # The training arguments come first: under DeepSpeed ZeRO-3 they make from_pretrained load
+    # the model already sharded across the GPUs.
+    args = _reward_config(out, opts, len(rows))
     model = load_base_classifier(path, tokenizer.pad_token_id, opts["seed"])
     positions = getattr(model.config.get_text_config(), "max_position_embeddings", None)
     if positions and opts["max_length"] > positions:
         raise UserError(f"max_length {opts['max_length']} is over the {positions} positions of {base}; lower it")
     data = tokenized_pairs(rows, tokenizer, opts["max_length"], opts["use_margin"])
-    args = _reward_config(out, opts, len(rows))
     if args.disable_tqdm:
         import datasets
 
@@ -305,7 +308,7 @@ per (speech, response); a higher number means a better counseling response.
 | method | {method} |
 | loss | `{loss}` |
 | training pairs / evaluation pairs | {metrics['train_pairs']} / {metrics['n']} ({metrics['eval_split']}) |
-| epochs, batch size, learning rate | {opts['epochs']}, {opts['batch_size']}, {opts['lr']} |
+| epochs, batch size x accumulation, learning rate | {opts['epochs']}, {opts['batch_size']} x {opts['grad_accum']}, {opts['lr']} |
 | max length (tokens) | {opts['max_length']} |
 | steps, seed | {metrics['steps']}, {opts['seed']} |
 
@@ -333,17 +336,18 @@ def _check_options(epochs: float, batch_size: int, lr: float, max_length: int, l
 
 
 def train_reward_model(pairs_source: str | Path, base: str, out: Path, *, epochs: float = 2, batch_size: int = 8,
-                       lr: float = 9e-6, max_length: int = 512, use_margin: bool = True, lora: bool = False,
+                       grad_accum: int = 1, lr: float = 9e-6, max_length: int = 512, use_margin: bool = True, lora: bool = False,
                        lora_r: int = 16, seed: int = 0, cpu: bool | None = None) -> dict[str, Any]:
     """Train a reward model on the train split of ``pairs_source``; evaluate on its test split.
 
-    ``lr`` defaults to the paper's 9e-6 (made for batch 128). ``use_margin`` subtracts each pair's
+    ``lr`` defaults to the paper's 9e-6 (made for batch 128 = ``batch_size`` x ``grad_accum`` x
+    processes under ``accelerate launch``). ``use_margin`` subtracts each pair's
     score margin inside the loss where every training pair has one. ``cpu`` None: CPU only when
     there is no CUDA device. Writes the model, metrics.json, train_log.json and README.md to
     ``out``; returns the metrics (n, accuracy, auc, ece, brier and training numbers).
     """
-    from ..evaluate.reward_eval import reward_metrics, score_model
-    from ..store import write_json
+    from ..evaluate.reward_eval import load_reward_model, reward_metrics, score_pair_rewards
+    from ..store import write_json, write_jsonl
 
     _check_options(epochs, batch_size, lr, max_length, lora_r)
     train = load_pairs(pairs_source, "train")
@@ -354,7 +358,7 @@ def train_reward_model(pairs_source: str | Path, base: str, out: Path, *, epochs
     margin_used = use_margin and all("margin" in r for r in train)
     if use_margin and not margin_used:
         log.info("not every training pair has a margin; training without one")
-    opts = dict(epochs=epochs, batch_size=batch_size, lr=lr, max_length=max_length, use_margin=margin_used,
+    opts = dict(epochs=epochs, batch_size=batch_size, grad_accum=grad_accum, lr=lr, max_length=max_length, use_margin=margin_used,
                 lora=lora, lora_r=lora_r, seed=seed, cpu=cpu)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -363,10 +367,19 @@ def train_reward_model(pairs_source: str | Path, base: str, out: Path, *, epochs
     trainer.train()
     seconds = time.perf_counter() - start
     model = save_reward_model(trainer, out)
-    d = score_model(model, trainer.processing_class, test, batch_size=max(batch_size, 16), max_length=max_length)
+    if not is_main_process(trainer):
+        return {}  # under accelerate launch the main process evaluates and writes the files
+    if model is None:  # several processes: the trained model was sharded, read it back whole
+        model, _ = load_reward_model(out)
+    r_chosen, r_rejected = score_pair_rewards(model, trainer.processing_class, test, batch_size=max(batch_size, 16),
+                                              max_length=max_length)
+    d = r_chosen - r_rejected
     metrics = {**reward_metrics(d), "eval_split": "train" if single_file else "test", "train_pairs": len(train),
                "margin_used": margin_used, "base": base, **_train_summary(trainer.state.log_history, seconds)}
     write_json(out / "metrics.json", metrics)
     write_json(out / "train_log.json", trainer.state.log_history)
+    # Per evaluation pair, for the report's reliability diagram.
+    write_jsonl(out / "predictions.jsonl", [{"r_chosen": float(c), "r_rejected": float(r)}
+                                             for c, r in zip(r_chosen, r_rejected)])
     write_model_card(out, base, opts, metrics)
     return metrics

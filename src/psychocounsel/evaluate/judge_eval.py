@@ -1,0 +1,238 @@
+"""judge_eval: how well a pairwise judge agrees with human preference labels.
+
+Labelled pairs come from a JSONL, CSV or Parquet file in one of two forms:
+
+(a) ``question`` (or ``prompt``), ``chosen``, ``rejected``: the human prefers ``chosen``. So
+    that the human label is not always "A", ``chosen`` is put in position A for a seeded random
+    half of the rows (rounded up) and in position B for the rest.
+(b) ``question`` (or ``prompt``), ``response_a``, ``response_b``, ``label`` with label A, B or
+    tie (any case): ties allowed.
+
+Each pair is judged in both orders (A/B and B/A) and the two verdicts are combined by the
+both-order rule (``stats.combine_orders``): a side wins only when both orders agree, else tie.
+
+Report: ``n`` (pairs scored), ``accuracy``, ``accuracy_strict``, ``accuracy_ci`` (bootstrap CI
+of ``accuracy``), ``cohen_kappa`` (combined verdict against the human label over {A, B, tie}),
+``position_consistency`` (share of pairs whose two orders agree), ``verdicts`` (counts of
+combined A / B / tie), ``failed`` and ``failures`` (pairs the judge failed in either order, with
+their 1-based row number and reason; they are left out of every metric), ``judge`` (its name).
+
+``accuracy_strict`` is the share of pairs whose combined verdict equals the human label.
+``accuracy`` is the same, except that when the data has no human ties a combined tie counts 0.5:
+the judge declined to choose, which is neither right nor wrong (as a tie counts half in a win
+rate). When the data has human ties, "tie" is a label the judge can get right, and ``accuracy``
+equals ``accuracy_strict``.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+from ..errors import UserError
+from ..records import Speech
+from .stats import bootstrap_ci, cohen_kappa, combine_orders, position_consistency
+
+LABELS = ("A", "B", "tie")
+CHUNK = 64  # pairs per judge call: big enough to batch, small enough for a moving progress bar
+_FORM_B = ("response_a", "response_b", "label")
+_LABEL_WORDS = {"a": "A", "b": "B", "tie": "tie"}
+# Each order's verdict in stats' terms, with the response first in position A as the "policy".
+_AS_POLICY = {"first": {"A": "policy", "B": "reference", "tie": "tie"},
+              "second": {"A": "reference", "B": "policy", "tie": "tie"}}
+_FROM_POLICY = {"policy": "A", "reference": "B", "tie": "tie"}
+
+
+def _label(value: Any, where: str, i: int) -> str:
+    """A human label: A, B or tie in any case.
+
+    >>> _label(" a ", "x", 0), _label("TIE", "x", 0)
+    ('A', 'tie')
+    >>> _label("C", "x.csv", 2)
+    Traceback (most recent call last):
+    ...
+    psychocounsel.errors.UserError: x.csv: row 3 label 'C' is not A, B or tie
+    """
+    word = value.strip().lower() if isinstance(value, str) else None
+    if word not in _LABEL_WORDS:
+        raise UserError(f"{where}: row {i + 1} label {value!r} is not A, B or tie")
+    return _LABEL_WORDS[word]
+
+
+def normalize_labelled(rows: list[dict], where: str) -> list[dict]:
+    """Form (a) rows as {prompt, chosen, rejected}; form (b) rows as {prompt, response_a,
+    response_b, label}. Missing columns are a UserError naming them."""
+    from ..train.reward import _field, normalize_rows
+
+    if not rows:
+        raise UserError(f"{where} has no rows")
+    present = list(rows[0])
+    if not any(c in present for c in _FORM_B):
+        return [{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in normalize_rows(rows, where)]
+    prompt_key = next((k for k in ("question", "prompt") if k in present), None)
+    missing = [c for c in _FORM_B if c not in present] + ([] if prompt_key else ["question (or prompt)"])
+    if missing:
+        raise UserError(f"{where} lacks column(s) {', '.join(missing)}; columns present: {', '.join(present)}")
+    return [{"prompt": _field(r, prompt_key, where, i), "response_a": _field(r, "response_a", where, i),
+             "response_b": _field(r, "response_b", where, i), "label": _label(r.get("label"), where, i)}
+            for i, r in enumerate(rows)]
+
+
+def load_labelled_pairs(path: str | Path) -> list[dict]:
+    """Human-labelled pairs from a .jsonl, .csv or .parquet file (see the module docstring)."""
+    from ..train.reward import _read_file
+
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise UserError(f"no such file: {path}")
+    return normalize_labelled(_read_file(path), str(path))
+
+
+def assign_positions(rows: list[dict], seed: int = 0) -> list[dict]:
+    """Every row as {prompt, response_a, response_b, label}. Form (a) rows put ``chosen`` in
+    position A for a random half of them (half rounded up, drawn with ``seed``), in B for the rest.
+
+    >>> rows = [{"prompt": "p", "chosen": f"good {i}", "rejected": "bad"} for i in range(9)]
+    >>> [r["label"] for r in assign_positions(rows, seed=0)].count("A")
+    5
+    >>> assign_positions(rows, seed=0) == assign_positions(rows, seed=0)
+    True
+    """
+    plain = [i for i, row in enumerate(rows) if "label" not in row]
+    chosen_first = set(random.Random(seed).sample(plain, (len(plain) + 1) // 2))
+    out = []
+    for i, row in enumerate(rows):
+        if "label" in row:
+            out.append({k: row[k] for k in ("prompt", "response_a", "response_b", "label")})
+        elif i in chosen_first:
+            out.append({"prompt": row["prompt"], "response_a": row["chosen"], "response_b": row["rejected"],
+                        "label": "A"})
+        else:
+            out.append({"prompt": row["prompt"], "response_a": row["rejected"], "response_b": row["chosen"],
+                        "label": "B"})
+    return out
+
+
+def _text(x: str | list[dict]) -> str:
+    from .reward_eval import as_text
+
+    return as_text(x)
+
+
+def as_speech(prompt: str | list[dict], id: str) -> Speech:
+    """A prompt (text, or a conversation whose last user turn is the speech) as a Speech.
+
+    >>> s = as_speech([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"},
+    ...                {"role": "user", "content": "I feel low"}], "row-1")
+    >>> s.text, s.context_lines()
+    ('I feel low', ['Client: hi', 'Counselor: hello'])
+    """
+    if isinstance(prompt, str):
+        return Speech(id, prompt)
+    turns = [m for m in prompt if m["role"] in ("user", "assistant")]
+    last = max((i for i, m in enumerate(turns) if m["role"] == "user"), default=None)
+    if last is None:
+        return Speech(id, _text(prompt))
+    return Speech(id, turns[last]["content"], context=[dict(m) for m in turns[:last]])
+
+
+def _judge_both_orders(judge, pairs: list[dict]) -> list[tuple[Any, Any]]:
+    """(verdict with the row's A first, verdict with its B first) per pair, in chunks."""
+    from ..judge.pairwise import Comparison
+    from ..progress import bar
+
+    out: list[tuple[Any, Any]] = []
+    with bar(len(pairs), f"judging ({judge.name})") as progress:
+        for start in range(0, len(pairs), CHUNK):
+            chunk = pairs[start:start + CHUNK]
+            items = [Comparison(as_speech(p["prompt"], f"row-{start + i + 1}"), _text(p["response_a"]),
+                                _text(p["response_b"]), f"row-{start + i + 1}:ab") for i, p in enumerate(chunk)]
+            verdicts = judge.compare(items + [it.swapped() for it in items])
+            if len(verdicts) != 2 * len(items):
+                raise RuntimeError(f"judge {judge.name} returned {len(verdicts)} verdicts for {2 * len(items)} items")
+            out.extend(zip(verdicts[:len(items)], verdicts[len(items):]))
+            progress.update(len(chunk))
+    return out
+
+
+def _failure(verdicts: tuple[Any, Any]) -> str | None:
+    reasons = [f"{order}: {v.error or 'no verdict'}" for order, v in zip(("A/B", "B/A"), verdicts)
+               if v.failed or v.overall not in LABELS]
+    return "; ".join(reasons) or None
+
+
+def agreement_metrics(labels: list[str], firsts: list[str], seconds: list[str], seed: int = 0) -> dict[str, Any]:
+    """The metrics of the module docstring for pairs the judge answered, verdicts in A/B/tie
+    with ``seconds`` already judged in the swapped order (B/A).
+
+    >>> m = agreement_metrics(["A", "B", "A"], ["A", "B", "A"], ["A", "A", "B"])
+    >>> m["accuracy"], m["accuracy_strict"], m["position_consistency"], m["verdicts"]
+    (0.8333333333333334, 0.6666666666666666, 0.6666666666666666, {'A': 1, 'B': 1, 'tie': 1})
+    """
+    policy_1 = [_AS_POLICY["first"][v] for v in firsts]
+    policy_2 = [_AS_POLICY["second"][v] for v in seconds]
+    combined = [_FROM_POLICY[combine_orders(f, s)] for f, s in zip(policy_1, policy_2)]
+    half = "tie" not in labels  # see the module docstring
+    credit = [1.0 if c == h else 0.5 if half and c == "tie" else 0.0 for c, h in zip(combined, labels)]
+    lo, hi = bootstrap_ci(credit, seed=seed)
+    return {
+        "n": len(labels),
+        "accuracy": sum(credit) / len(credit),
+        "accuracy_strict": sum(c == h for c, h in zip(combined, labels)) / len(labels),
+        "accuracy_ci": [lo, hi],
+        "cohen_kappa": cohen_kappa(combined, labels, labels=LABELS),
+        "position_consistency": position_consistency(zip(policy_1, policy_2)),
+        "verdicts": {lab: combined.count(lab) for lab in LABELS},
+    }
+
+
+def evaluate_judge(judge, rows: list[dict], seed: int = 0) -> dict[str, Any]:
+    """Agreement of ``judge`` with the human labels of ``rows`` (as load_labelled_pairs returns
+    them); ``seed`` places form (a) pairs and seeds the bootstrap. See the module docstring."""
+    if not rows:
+        raise UserError("no labelled pairs to evaluate the judge on")
+    pairs = assign_positions(rows, seed)
+    judged = _judge_both_orders(judge, pairs)
+    failures, labels, firsts, seconds = [], [], [], []
+    for n, (pair, verdicts) in enumerate(zip(pairs, judged), 1):
+        reason = _failure(verdicts)
+        if reason:
+            failures.append({"row": n, "reason": reason[:500]})
+            continue
+        labels.append(pair["label"])
+        firsts.append(verdicts[0].overall)
+        seconds.append(verdicts[1].overall)
+    report: dict[str, Any] = {"judge": judge.name}
+    if labels:
+        report.update(agreement_metrics(labels, firsts, seconds, seed))
+    else:
+        report.update(n=0, accuracy=None, accuracy_strict=None, accuracy_ci=None, cohen_kappa=None,
+                      position_consistency=None, verdicts={lab: 0 for lab in LABELS})
+    report.update(failed=len(failures), failures=failures)
+    return report
+
+
+def run_eval_judge(specs: list[str], data: str | Path, out: Path | None = None, mode: str = "json",
+                   base_url: str | None = None, cache_path: Path | None = None, limit: int | None = None,
+                   seed: int = 0) -> dict[str, Any]:
+    """``psychocounsel eval-judge``: build the judge (a panel when several specs), judge the
+    labelled pairs of ``data``, write the report to ``out`` when given. LLM calls are cached in
+    ``cache_path`` (default: ``judge_cache.sqlite`` beside ``out``; in memory without ``out``)."""
+    from ..judge.pairwise import build_panel
+    from ..rubric import load_rubric
+    from ..store import Cache, write_json
+
+    rows = load_labelled_pairs(data)[:limit] if limit else load_labelled_pairs(data)
+    if cache_path is None:
+        cache_path = Path(out).with_name("judge_cache.sqlite") if out else Path(":memory:")
+    cache = Cache(cache_path)
+    judge = build_panel(list(specs), load_rubric(), cache, mode=mode, base_url=base_url)
+    try:
+        report = evaluate_judge(judge, rows, seed)
+    finally:
+        judge.close()
+        cache.close()
+    if out:
+        write_json(out, report)
+    return report

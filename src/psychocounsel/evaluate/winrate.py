@@ -1,0 +1,259 @@
+"""winrate: the policy against a reference on held-out speeches, judged in both orders.
+
+1. Both sides answer every speech (each call cached in ``OUT/cache.sqlite``, so a rerun or a
+   resumed run makes no call twice); answers go to ``OUT/responses.jsonl``.
+2. Each judge compares the two answers with the policy as A and again with the policy as B. A
+   win or loss counts only when both orders agree; anything else is a tie, worth half
+   (``stats.combine_orders``). A judge that fails on an item (after its retries) drops that item
+   from the judge's numbers, and the item is listed with its reason: never scored by default.
+3. Per judge, ``OUT/<judge>/judgements.jsonl`` and ``OUT/<judge>/winrate.json`` with ``n``,
+   ``wins``/``ties``/``losses``, ``win_rate`` and its bootstrap 95% CI, ``lc_win_rate``
+   (``length_control``), ``per_principle`` (+ ``per_principle_ci``), ``position_consistency``,
+   ``avg_len_policy``/``avg_len_reference`` (characters, as AlpacaEval counts) and ``judge``;
+   a reward-model judge adds the mean rewards. ``OUT/winrate.json`` is the first judge's,
+   with every judge's headline under ``by_judge``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from pathlib import Path
+from typing import Any
+
+from ..config import BackendConfig, EvalConfig, WinrateJudgeConfig
+from ..errors import UserError
+from ..records import Speech
+from ..store import Cache, read_jsonl, stable_hash, write_json, write_jsonl
+
+log = logging.getLogger(__name__)
+
+CHUNK = 32  # speeches per generation call: a killed run keeps every finished chunk in the cache
+TO_SIDE = ({"A": "policy", "B": "reference", "tie": "tie"},   # order 1: the policy is A
+           {"A": "reference", "B": "policy", "tie": "tie"})   # order 2: the policy is B
+
+
+# -- speeches ---------------------------------------------------------------------------------
+
+def _speech(row: dict, n: int, where: str) -> Speech:
+    text = row.get("text")
+    if text is None and isinstance(row.get("turns"), list) and row["turns"]:
+        text = row["turns"][0]  # MentalChat16K's evaluation questions: {"question_id", "turns": [speech]}
+    if text is None:
+        text = row.get("question") or row.get("prompt")
+    if not isinstance(text, str) or not text.strip():
+        raise UserError(f"{where}:{n}: no speech text (need 'text', 'turns', 'question' or 'prompt')")
+    sid = row.get("id", row.get("question_id"))
+    return Speech(id=str(sid) if sid is not None else "s-" + stable_hash(text.strip(), 12), text=text.strip(),
+                  topic=row.get("topic") or row.get("category"), context=row.get("context") or [])
+
+
+def load_eval_speeches(path: str | Path, limit: int | None = None) -> list[Speech]:
+    """Held-out speeches from JSONL: our ``speeches.jsonl`` rows, ``{text}`` rows, or
+    MentalChat16K's ``{question_id, category, turns}``. Duplicate ids are an error."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"speeches file not found: {path}")
+    try:
+        rows = read_jsonl(path)
+    except ValueError as e:
+        raise UserError(f"{path}: {e}") from None
+    speeches = [_speech(r, i, str(path)) for i, r in enumerate(rows, 1)]
+    seen: set[str] = set()
+    for s in speeches:
+        if s.id in seen:
+            raise UserError(f"{path}: speech id '{s.id}' appears twice")
+        seen.add(s.id)
+    if not speeches:
+        raise UserError(f"{path} holds no speeches")
+    return speeches[:limit] if limit else speeches
+
+
+# -- answers ----------------------------------------------------------------------------------
+
+def resolve_side(cfg: BackendConfig, run_dir: Path | None) -> BackendConfig:
+    """``policy``/``online`` name this run's trained models; an existing folder means its model."""
+    named = {"policy": "policy", "online": "online/best"}
+    spec = cfg.spec
+    if spec in named:
+        if run_dir is None or not (run_dir / named[spec] / "config.json").is_file():
+            where = f"{run_dir}/{named[spec]}" if run_dir else f"RUN/{named[spec]}"
+            raise UserError(f"'{spec}' means the model in {where}, which does not exist; train it first "
+                            "or give a backend spec (default, transformers:PATH, openai:MODEL)")
+        spec = f"transformers:{run_dir / named[spec]}"
+    elif ":" not in spec and spec != "default":
+        if not Path(spec).expanduser().exists():
+            raise UserError(f"'{spec}' is neither a backend spec (default, transformers:PATH, openai:MODEL) "
+                            "nor an existing model folder")
+        spec = f"transformers:{spec}"
+    return cfg.model_copy(update={"spec": spec})
+
+
+def answer(side: str, backend_cfg: BackendConfig, speeches: list[Speech], cfg: EvalConfig,
+           cache: Cache) -> list[dict[str, Any]]:
+    """One answer per speech from ``backend_cfg``; failed calls raise (a win rate with holes on
+    one side only would be biased)."""
+    from ..backends import ChatRequest, load_backend
+    from ..generate import trim_incomplete
+    from ..progress import bar
+
+    backend = load_backend(backend_cfg)
+    system = [{"role": "system", "content": cfg.system_prompt}] if cfg.system_prompt else []
+    params = {"temperature": cfg.temperature, "max_tokens": cfg.max_tokens, "seed": cfg.seed}
+    rows: list[dict[str, Any]] = []
+    try:
+        with bar(len(speeches), f"answers ({side})") as progress:
+            for start in range(0, len(speeches), CHUNK):
+                chunk = speeches[start:start + CHUNK]
+                done = cache.complete(backend, [ChatRequest(system + s.messages(), dict(params)) for s in chunk],
+                                      progress=progress.update)
+                for s, c in zip(chunk, done):
+                    if c.error:
+                        raise UserError(f"{side} failed to answer speech {s.id}: {c.error}; rerun to retry "
+                                        "(finished answers are cached)")
+                    text = trim_incomplete(c.text) if cfg.trim_incomplete else c.text.strip()
+                    rows.append({"speech_id": s.id, "side": side, "model": backend_cfg.spec, "text": text,
+                                 "completion_tokens": c.completion_tokens})
+    finally:
+        backend.close()
+    return rows
+
+
+# -- judging ----------------------------------------------------------------------------------
+
+def judge_label(jcfg: WinrateJudgeConfig) -> str:
+    """A folder name for a judge: ``reward_model``, ``openai-gpt-4o``, ``panel-...``.
+
+    >>> judge_label(WinrateJudgeConfig(spec="openai:gpt-4o"))
+    'openai-gpt-4o'
+    >>> judge_label(WinrateJudgeConfig(spec=["default", "rm:/x/rm"]))
+    'panel-default-rm-x-rm'
+    """
+    specs = jcfg.spec if isinstance(jcfg.spec, list) else [jcfg.spec]
+    slug = "-".join(re.sub(r"[^A-Za-z0-9._]+", "-", s).strip("-") for s in specs)
+    return ("panel-" + slug if len(specs) > 1 else slug)[:80]
+
+
+def build_judge(jcfg: WinrateJudgeConfig, run_dir: Path | None, rubric, cache: Cache):
+    from ..judge.pairwise import build_panel
+
+    specs = jcfg.spec if isinstance(jcfg.spec, list) else [jcfg.spec]
+    resolved = []
+    for s in specs:
+        if s == "reward_model":
+            if run_dir is None or not (run_dir / "reward_model" / "config.json").is_file():
+                raise UserError("judge 'reward_model' means RUN/reward_model, which does not exist; train it "
+                                "first or name one with rm:PATH")
+            s = f"rm:{run_dir / 'reward_model'}"
+        resolved.append(s)
+    return build_panel(resolved, rubric, cache, mode=jcfg.mode, base_url=jcfg.base_url)
+
+
+def judge_items(judge, speeches: list[Speech], policy: dict[str, str], reference: dict[str, str]) -> list[dict]:
+    """Both orders for every speech; one row per speech with the verdicts mapped to sides."""
+    from ..judge.pairwise import Comparison
+
+    items = [Comparison(speech=s, a=policy[s.id], b=reference[s.id], id=f"{s.id}:pr") for s in speeches]
+    items += [Comparison(speech=s, a=reference[s.id], b=policy[s.id], id=f"{s.id}:rp") for s in speeches]
+    verdicts = judge.compare(items)
+    n = len(speeches)
+    rows = []
+    for i, s in enumerate(speeches):
+        first, second = verdicts[i], verdicts[n + i]
+        row: dict[str, Any] = {"speech_id": s.id, "len_policy": len(policy[s.id]),
+                               "len_reference": len(reference[s.id])}
+        failed = [v.error or "failed" for v in (first, second) if v.failed or v.overall is None]
+        if failed:
+            rows.append({**row, "failed": True, "error": "; ".join(failed)})
+            continue
+        row["orders"] = [TO_SIDE[0][first.overall], TO_SIDE[1][second.overall]]
+        row["per_principle"] = {k: [TO_SIDE[0][first.per_principle[k]], TO_SIDE[1][second.per_principle[k]]]
+                                for k in first.per_principle if k in second.per_principle}
+        if first.scores and second.scores:  # a reward model: the policy is a in order 1, b in order 2
+            row["reward_policy"] = (first.scores["a"] + second.scores["b"]) / 2
+            row["reward_reference"] = (first.scores["b"] + second.scores["a"]) / 2
+        rows.append({**row, "failed": False})
+    return rows
+
+
+# -- numbers ----------------------------------------------------------------------------------
+
+def summarize(rows: list[dict], judge_name: str, n_boot: int = 2000, seed: int = 0) -> dict[str, Any]:
+    """winrate.json from the judged rows (failed rows are counted and listed, not scored)."""
+    import numpy as np
+
+    from .length_control import lc_win_rate
+    from .stats import bootstrap_ci, combine_orders, counts, outcome_value, position_consistency, win_rate
+
+    ok = [r for r in rows if not r["failed"]]
+    if not ok:
+        raise UserError(f"judge {judge_name} failed on every item; see judgements.jsonl for the reasons")
+    verdicts = [combine_orders(*r["orders"]) for r in ok]
+    values = [outcome_value(v) for v in verdicts]
+    low, high = bootstrap_ci(values, n_boot=n_boot, seed=seed)
+    out: dict[str, Any] = {"n": len(ok), **counts(verdicts), "win_rate": win_rate(verdicts),
+                           "ci_low": low, "ci_high": high}
+    out["lc_win_rate"] = lc_win_rate(values, [r["len_policy"] for r in ok], [r["len_reference"] for r in ok])
+    per, per_ci = {}, {}
+    for key in sorted({k for r in ok for k in r["per_principle"]}):
+        vals = [outcome_value(combine_orders(*r["per_principle"][key])) for r in ok if key in r["per_principle"]]
+        per[key] = float(np.mean(vals))
+        per_ci[key] = list(bootstrap_ci(vals, n_boot=n_boot, seed=seed))
+    out.update(per_principle=per, per_principle_ci=per_ci,
+               position_consistency=position_consistency([tuple(r["orders"]) for r in ok]),
+               avg_len_policy=float(np.mean([r["len_policy"] for r in ok])),
+               avg_len_reference=float(np.mean([r["len_reference"] for r in ok])), judge=judge_name,
+               failed=len(rows) - len(ok),
+               failures=[{"speech_id": r["speech_id"], "error": r["error"]} for r in rows if r["failed"]])
+    if all("reward_policy" in r for r in ok):
+        out["mean_reward_policy"] = float(np.mean([r["reward_policy"] for r in ok]))
+        out["mean_reward_reference"] = float(np.mean([r["reward_reference"] for r in ok]))
+    return out
+
+
+HEADLINE = ("n", "wins", "ties", "losses", "win_rate", "ci_low", "ci_high", "lc_win_rate", "position_consistency")
+
+
+def run(cfg: EvalConfig, out: Path, run_dir: Path | None = None, rubric_path: Path | None = None) -> dict[str, Any]:
+    """Answer, judge with every judge of ``cfg``, write the files; returns OUT/winrate.json's content."""
+    from ..rubric import load_rubric
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    speeches = load_eval_speeches(cfg.speeches, cfg.limit)
+    sides = {"policy": resolve_side(cfg.policy, run_dir), "reference": resolve_side(cfg.reference, run_dir)}
+    rubric = load_rubric(rubric_path)
+    cache = Cache(out / "cache.sqlite")
+    try:
+        answers = {side: answer(side, b, speeches, cfg, cache) for side, b in sides.items()}
+        write_jsonl(out / "responses.jsonl", answers["policy"] + answers["reference"])
+        text = {side: {r["speech_id"]: r["text"] for r in rows} for side, rows in answers.items()}
+        results = {}
+        for jcfg in cfg.judges:
+            judge = build_judge(jcfg, run_dir, rubric, cache)
+            label = judge_label(jcfg)
+            log.info("judging %d speeches in both orders with %s", len(speeches), judge.name)
+            try:
+                rows = judge_items(judge, speeches, text["policy"], text["reference"])
+            finally:
+                judge.close()
+            write_jsonl(out / label / "judgements.jsonl", rows)
+            result = summarize(rows, judge.name, cfg.n_boot, cfg.seed)
+            result.update(policy=sides["policy"].spec, reference=sides["reference"].spec)
+            write_json(out / label / "winrate.json", result)
+            log.info("%s: win rate %.3f [%.3f, %.3f], LC %.3f, %d/%d/%d, position consistency %.2f", label,
+                     result["win_rate"], result["ci_low"], result["ci_high"], result["lc_win_rate"],
+                     result["wins"], result["ties"], result["losses"], result["position_consistency"])
+            results[label] = result
+        calls = {"calls_made": cache.calls_made, "calls_cached": cache.calls_cached}
+    finally:
+        cache.close()
+    first = next(iter(results.values()))
+    summary = {**first, "by_judge": {k: {h: v[h] for h in HEADLINE} | {"judge": v["judge"]} for k, v in results.items()}}
+    write_json(out / "winrate.json", summary)
+    return {**summary, **calls, "n_speeches": len(speeches)}
+
+
+def headline(summary: dict[str, Any]) -> str:
+    return json.dumps({k: summary[k] for k in HEADLINE + ("judge",)})

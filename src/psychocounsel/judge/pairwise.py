@@ -1,0 +1,304 @@
+"""Pairwise judges: which of two responses to the same speech is better, overall and per principle.
+
+The contract: a judge has ``name`` and ``compare(items, progress=None) -> list[Verdict]``, one
+verdict per :class:`Comparison`, in the same order, computed as one batch. A judge that cannot
+read a comparison returns a *failed* verdict (``overall`` None, ``error`` and ``raw`` set); it
+never guesses.
+
+- :class:`LLMPairwiseJudge`: a prompt template (templates/compare_*.txt) + a pure parser
+  (parse.py) + any backend, like judge/llm.py. ``json`` mode asks once per comparison for every
+  principle and "overall"; ``logprob`` mode asks once per (comparison, principle) plus once
+  "overall" for a single letter and reads P(A) against P(B) (parse.letter_preference).
+- :class:`RewardModelJudge`: the response with the higher reward wins. It scores each response
+  on its own, so it has no position bias by construction.
+- :class:`PanelJudge`: the majority of several judges.
+
+Judge specs (:func:`build_pairwise_judge`): ``rm:PATH`` or a folder holding a reward model
+(a sequence classifier with one output) is a reward-model judge; anything else is a backend spec
+(``default``, ``transformers:PATH``, ``openai:MODEL``) for an LLM judge.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from ..backends import ChatRequest, load_backend
+from ..config import BackendConfig
+from ..errors import UserError
+from ..records import Speech
+from ..rubric import Rubric
+from ..store import Cache
+from .llm import TEMPLATES, render_context, render_principles
+from .parse import MIN_LETTER_MASS, TIE_BAND, ParseError, letter_preference, parse_json_comparison
+
+OVERALL = "overall"
+JSON_MAX_TOKENS = 400  # room for seven verdicts, "overall" and a one-sentence rationale
+
+
+@dataclass
+class Comparison:
+    """Two responses to one speech. ``id`` names the comparison in logs (never its text)."""
+
+    speech: Speech
+    a: str
+    b: str
+    id: str
+
+    def swapped(self, suffix: str = ":ba") -> "Comparison":
+        """The same comparison with the responses in the other positions."""
+        return Comparison(self.speech, self.b, self.a, self.id + suffix)
+
+
+@dataclass
+class Verdict:
+    """A judge's answer to one comparison. ``overall`` and each ``per_principle`` value are "A",
+    "B" or "tie"; a failed verdict has ``overall`` None, ``failed`` True, the reason in ``error``
+    and the judge's raw text in ``raw``. ``scores`` holds the numbers behind a verdict where a
+    judge has them (a reward model's ``{"a": r_a, "b": r_b}``)."""
+
+    overall: str | None = None
+    per_principle: dict[str, str] = field(default_factory=dict)
+    failed: bool = False
+    error: str = ""
+    raw: str = ""
+    scores: dict[str, float] | None = None
+    rationale: str = ""
+
+    @classmethod
+    def failure(cls, error: str, raw: str = "") -> "Verdict":
+        return cls(failed=True, error=error, raw=raw[:2000])
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+Progress = Callable[[int], Any] | None
+
+
+class LLMPairwiseJudge:
+    """An LLM compares two responses. ``backend_spec`` is a spec string or a BackendConfig;
+    ``base_url`` (openai backends) overrides the config's. Retries of unparseable json replies
+    run at temperature 0.7 with a new seed, so each retry is a new cache key."""
+
+    def __init__(self, backend_spec: str | BackendConfig, rubric: Rubric, cache: Cache, mode: str = "json",
+                 base_url: str | None = None, retries: int = 2, max_tokens: int = JSON_MAX_TOKENS,
+                 min_mass: float = MIN_LETTER_MASS, tie_band: float = TIE_BAND):
+        if mode not in ("json", "logprob"):
+            raise UserError(f"unknown pairwise judge mode '{mode}'; use json or logprob")
+        if OVERALL in rubric.keys:
+            raise UserError(f"a rubric principle may not be keyed '{OVERALL}': pairwise judges use it for the verdict")
+        cfg = backend_spec if isinstance(backend_spec, BackendConfig) else BackendConfig(spec=backend_spec)
+        if base_url is not None:
+            cfg = cfg.model_copy(update={"base_url": base_url})
+        self.rubric, self.cache, self.mode, self.retries = rubric, cache, mode, retries
+        self.max_tokens, self.min_mass, self.tie_band = max_tokens, min_mass, tie_band
+        self.backend = load_backend(cfg)
+        self.name = f"llm-{mode}:{cfg.spec}"
+        self.template = (TEMPLATES / f"compare_{mode}.txt").read_text(encoding="utf-8").rstrip("\n")
+
+    calls_made = property(lambda self: self.cache.calls_made)
+    calls_cached = property(lambda self: self.cache.calls_cached)
+
+    def _prompt(self, item: Comparison, rubric: Rubric, **extra: str) -> str:
+        return self.template.format(principles=render_principles(rubric), context=render_context(item.speech),
+                                    speech=item.speech.text, response_a=item.a, response_b=item.b, **extra)
+
+    def json_request(self, item: Comparison, attempt: int) -> ChatRequest:
+        fields = ", ".join(f'"{k}": "A" | "B" | "tie"' for k in self.rubric.keys)
+        params: dict[str, Any] = {"temperature": 0.0, "max_tokens": self.max_tokens}
+        if attempt:
+            params.update(temperature=0.7, seed=attempt)
+        return ChatRequest([{"role": "user", "content": self._prompt(item, self.rubric, verdict_fields=fields)}],
+                           params)
+
+    def logprob_request(self, item: Comparison, key: str) -> ChatRequest:
+        """One letter for principle ``key``, or for all principles together when key is "overall"."""
+        rubric = self.rubric if key == OVERALL else self.rubric.model_copy(
+            update={"principles": [p for p in self.rubric.principles if p.key == key]})
+        params = {"temperature": 0.0, "max_tokens": 1, "logprobs": True, "top_logprobs": 20}
+        return ChatRequest([{"role": "user", "content": self._prompt(item, rubric)}], params)
+
+    def compare(self, items: list[Comparison], progress: Progress = None) -> list[Verdict]:
+        if self.mode == "json":
+            return self._compare_json(items, progress)
+        return self._compare_logprob(items, progress)
+
+    def _compare_json(self, items: list[Comparison], progress: Progress) -> list[Verdict]:
+        results: dict[int, Verdict] = {}
+        pending = list(range(len(items)))
+        last: dict[int, tuple[str, str]] = {}
+        for attempt in range(self.retries + 1):
+            if not pending:
+                break
+            comps = self.cache.complete(self.backend, [self.json_request(items[i], attempt) for i in pending])
+            still = []
+            for i, comp in zip(pending, comps):
+                try:
+                    if comp.error:
+                        raise ParseError(comp.error)
+                    verdicts, rationale = parse_json_comparison(comp.text, self.rubric.keys)
+                except ParseError as e:
+                    last[i] = (str(e), comp.text)
+                    still.append(i)
+                    continue
+                overall = verdicts.pop(OVERALL)
+                results[i] = Verdict(overall, verdicts, rationale=rationale[:500])
+                if progress:
+                    progress(1)
+            pending = still
+        for i in pending:
+            error, raw = last[i]
+            results[i] = Verdict.failure(f"{error} (after {self.retries + 1} attempts)", raw)
+            if progress:
+                progress(1)
+        return [results[i] for i in range(len(items))]
+
+    def _compare_logprob(self, items: list[Comparison], progress: Progress) -> list[Verdict]:
+        keys = self.rubric.keys + [OVERALL]
+        comps = self.cache.complete(self.backend, [self.logprob_request(it, k) for it in items for k in keys])
+        verdicts = []
+        for n in range(len(items)):
+            found, errors, raws = {}, [], []
+            for j, key in enumerate(keys):
+                comp = comps[n * len(keys) + j]
+                try:
+                    if comp.error:
+                        raise ParseError(comp.error)
+                    found[key] = letter_preference(comp.top_logprobs, self.min_mass, self.tie_band)
+                except ParseError as e:
+                    errors.append(f"{key}: {e}")
+                    raws.append(f"{key}: {comp.text!r}")
+            if errors:
+                verdicts.append(Verdict.failure("; ".join(errors), "; ".join(raws)))
+            else:
+                verdicts.append(Verdict(found.pop(OVERALL), found))
+            if progress:
+                progress(1)
+        return verdicts
+
+    def close(self) -> None:
+        self.backend.close()
+
+
+class RewardModelJudge:
+    """The response with the higher reward wins (exactly equal rewards: a tie). The prompt is
+    the speech as the reward model was trained on it (pairs.as_question); the model is loaded on
+    the first comparison."""
+
+    def __init__(self, model_dir: str | Path, batch_size: int = 16, max_length: int = 512):
+        self.model_dir = Path(model_dir).expanduser()
+        self.batch_size, self.max_length = batch_size, max_length
+        self.name = f"rm:{model_dir}"
+        self._loaded = None
+
+    def compare(self, items: list[Comparison], progress: Progress = None) -> list[Verdict]:
+        from ..evaluate.reward_eval import load_reward_model, score_responses
+        from ..pairs import as_question
+
+        if not items:
+            return []
+        if self._loaded is None:
+            self._loaded = load_reward_model(self.model_dir)
+        model, tokenizer = self._loaded
+        prompts = [as_question(it.speech) for it in items]
+        rewards = score_responses(model, tokenizer, prompts * 2, [it.a for it in items] + [it.b for it in items],
+                                  self.batch_size, self.max_length)
+        verdicts = []
+        for r_a, r_b in zip(rewards[:len(items)].tolist(), rewards[len(items):].tolist()):
+            overall = "A" if r_a > r_b else "B" if r_b > r_a else "tie"
+            verdicts.append(Verdict(overall, {}, scores={"a": r_a, "b": r_b}))
+        if progress:
+            progress(len(items))
+        return verdicts
+
+    def close(self) -> None:
+        self._loaded = None
+
+
+def majority(votes: list[str]) -> str:
+    """The verdict more than half of ``votes`` give, else "tie".
+
+    >>> majority(["A", "A", "tie"]), majority(["A", "B"]), majority(["B", "tie", "B", "A"])
+    ('A', 'tie', 'tie')
+    """
+    if not votes:
+        raise ValueError("no votes")
+    top, n = Counter(votes).most_common(1)[0]
+    return top if n * 2 > len(votes) else "tie"
+
+
+class PanelJudge:
+    """The majority verdict of several judges, overall and per principle (over the members that
+    give that principle). A member's failed verdict is left out of the vote; when every member
+    failed the panel's verdict is failed, with each member's reason."""
+
+    def __init__(self, judges: list):
+        if not judges:
+            raise UserError("a judge panel needs at least one judge")
+        self.judges = judges
+        self.name = "panel(" + ",".join(j.name for j in judges) + ")"
+
+    def compare(self, items: list[Comparison], progress: Progress = None) -> list[Verdict]:
+        per_judge = [judge.compare(items) for judge in self.judges]
+        out = [self._combine([answers[i] for answers in per_judge]) for i in range(len(items))]
+        if progress:
+            progress(len(items))
+        return out
+
+    def _combine(self, verdicts: list[Verdict]) -> Verdict:
+        ok = [(j, v) for j, v in zip(self.judges, verdicts) if not v.failed]
+        if not ok:
+            error = "; ".join(f"{j.name}: {v.error}" for j, v in zip(self.judges, verdicts))
+            return Verdict.failure(f"every judge of the panel failed ({error})")
+        keys = list(dict.fromkeys(k for _, v in ok for k in v.per_principle))
+        per_principle = {k: majority([v.per_principle[k] for _, v in ok if k in v.per_principle]) for k in keys}
+        votes = json.dumps({j.name: v.overall for j, v in ok})
+        return Verdict(majority([v.overall for _, v in ok]), per_principle, rationale=f"votes: {votes}")
+
+    def close(self) -> None:
+        for judge in self.judges:
+            getattr(judge, "close", lambda: None)()
+
+
+def is_reward_model(path: Path) -> bool:
+    """Whether ``path`` holds a sequence classifier with one output (what train-rm saves)."""
+    try:
+        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    labels = len(config["id2label"]) if isinstance(config.get("id2label"), dict) else config.get("num_labels")
+    archs = config.get("architectures") or []
+    return labels == 1 and any(str(a).endswith("ForSequenceClassification") for a in archs)
+
+
+def build_pairwise_judge(spec: str, rubric: Rubric, cache: Cache, mode: str = "json", base_url: str | None = None):
+    """A judge from a spec: ``rm:PATH`` or a reward-model folder -> RewardModelJudge; a backend
+    spec (``default``, ``transformers:PATH``, ``openai:MODEL``) -> LLMPairwiseJudge."""
+    if spec.startswith("rm:"):
+        path = Path(spec[3:]).expanduser()
+        if not (path / "config.json").is_file():
+            raise UserError(f"judge '{spec}': {path} is not a model folder (no config.json)")
+        if not is_reward_model(path):
+            raise UserError(f"judge '{spec}': {path} is not a reward model (a sequence classifier with one output)")
+        return RewardModelJudge(path)
+    name = spec.partition(":")[0]
+    if name != "default" and ":" not in spec:
+        path = Path(spec).expanduser()
+        if is_reward_model(path):
+            return RewardModelJudge(path)
+        reason = "is a folder but not a reward model" if path.is_dir() else "is not an existing path"
+        raise UserError(f"judge '{spec}' {reason}; use rm:PATH for a reward model, or a backend spec "
+                        "(default, transformers:PATH, openai:MODEL) for an LLM judge")
+    return LLMPairwiseJudge(spec, rubric, cache, mode=mode, base_url=base_url)
+
+
+def build_panel(specs: list[str], rubric: Rubric, cache: Cache, mode: str = "json", base_url: str | None = None):
+    """One judge for one spec; a PanelJudge of them all for several."""
+    if not specs:
+        raise UserError("no judge given; pass at least one judge spec")
+    judges = [build_pairwise_judge(s, rubric, cache, mode, base_url) for s in specs]
+    return judges[0] if len(judges) == 1 else PanelJudge(judges)

@@ -1,0 +1,262 @@
+"""report: one self-contained HTML page (and its PNGs) summing up a run directory.
+
+``write_report(run_dir)`` reads what the run has produced so far and writes ``RUN/report.html``,
+every image embedded as a base64 PNG so that the page opens offline, plus one PNG per figure in
+``RUN/report/``. A figure whose inputs are absent becomes a grey "not available" note. The page
+carries ids, model names and numbers only: no speech or response text is read into it.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .card import intended_use
+from .figures import FIGURES, RC, Unavailable
+from .rubric import load_rubric
+from .store import read_jsonl
+
+LIMITS = """
+This report describes an automatic pipeline for research on tools that **assist** counselors and
+therapists. Scores and win rates are automatic judges' opinions on a rubric, not clinical
+judgements, and the models it describes must not face clients unsupervised."""
+
+CSS = """
+body{font-family:-apple-system,"Segoe UI",Roboto,"Helvetica Neue",Arial,sans-serif;color:#222;
+  background:#f6f7f9;margin:0;line-height:1.5}
+main{max-width:1040px;margin:0 auto;padding:24px 28px 40px;background:#fff;min-height:100vh}
+h1{font-size:1.7em;margin:0.2em 0 0}h2{font-size:1.25em;margin:1.6em 0 0.4em;border-bottom:1px solid #e3e3e3}
+.sub{color:#666;margin:0 0 1em}.grid{display:flex;flex-wrap:wrap;gap:18px}
+.grid>div{flex:1 1 300px}table{border-collapse:collapse;font-size:0.92em;width:100%}
+th,td{padding:4px 8px;border-bottom:1px solid #eee;text-align:left}th{background:#fafafa;font-weight:600}
+td.n{text-align:right;font-variant-numeric:tabular-nums}h3{font-size:1.05em;margin:0 0 0.3em}
+figure{margin:22px 0;padding:14px 16px;border:1px solid #e6e6e6;border-radius:6px}
+figure img{max-width:100%;height:auto;display:block;margin:0 auto}figcaption{color:#555;font-size:0.92em;margin-top:6px}
+.na{color:#888;font-style:italic;background:#f4f4f4;padding:10px 12px;border-radius:4px}
+footer{margin-top:36px;padding-top:12px;border-top:1px solid #ddd;color:#555;font-size:0.9em}
+"""
+
+
+@dataclass
+class RunData:
+    """What the page shows: ids, names and numbers of one run (never speech or response text)."""
+
+    name: str
+    keys: list[str]
+    labels: dict[str, str]
+    scored: list[dict] = field(default_factory=list)  # response_id, generator, words, scores, score
+    ratings_missing: str | None = None
+    has_responses: bool = False
+    counts: dict[str, Any] = field(default_factory=dict)
+    margins: dict[str, list[float]] = field(default_factory=dict)
+    pairs_missing: str | None = None
+    min_gap: float | None = None
+    rm_metrics: dict | None = None
+    rm_diffs: list[float] | None = None
+    rm_log: list[dict] | None = None
+    dpo_log: list[dict] | None = None
+    online: list[dict] = field(default_factory=list)
+    winrates: dict[str, dict] = field(default_factory=dict)
+    stages: dict[str, dict] = field(default_factory=dict)
+
+
+# -- reading the run --------------------------------------------------------------------------
+
+def _json(path: Path) -> Any:
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def _rubric(config: dict):
+    path = (config.get("rate") or {}).get("rubric")
+    return load_rubric(path if path and Path(path).is_file() else None)
+
+
+def _load_ratings(root: Path, data: RunData, judge: str | None, weights: dict[str, float]) -> None:
+    responses = {r["id"]: (r.get("generator", "?"), len(r.get("text", "").split()))
+                 for r in read_jsonl(root / "responses.jsonl")}
+    data.has_responses = bool(responses)
+    data.counts.update(responses=len(responses), generators=len({g for g, _ in responses.values()}))
+    rows = read_jsonl(root / "ratings.jsonl")
+    if not rows:
+        data.ratings_missing = "ratings.jsonl"
+        return
+    judge = judge or rows[-1].get("judge")
+    latest = {r["response_id"]: r for r in rows if r.get("judge") == judge}  # a rerun's row wins
+    ok = [r for r in latest.values() if not r.get("failed") and set(data.keys) <= set(r.get("scores", {}))]
+    data.counts.update(ratings=len(ok), ratings_failed=len(latest) - len(ok))
+    if not ok:
+        data.ratings_missing = "no successful ratings in ratings.jsonl"
+    for r in ok:
+        generator, words = responses.get(r["response_id"], (None, None))
+        scores = {k: float(r["scores"][k]) for k in data.keys}
+        data.scored.append({"response_id": r["response_id"], "generator": generator, "words": words,
+                            "scores": scores, "score": sum(weights[k] * scores[k] for k in data.keys)})
+    data.has_responses = data.has_responses and all(r["generator"] is not None for r in data.scored)
+
+
+def _split_margins(folder: Path, split: str) -> list[float] | None:
+    path = folder / f"{split}.parquet"
+    if path.is_file():
+        import pyarrow.parquet as pq
+
+        names = pq.read_schema(path).names  # read the score columns only, never the texts
+        columns = [c for c in ("margin", "chosen_score", "rejected_score") if c in names]
+        rows = pq.read_table(path, columns=columns).to_pylist()
+    elif (folder / f"{split}.jsonl").is_file():
+        rows = read_jsonl(folder / f"{split}.jsonl")
+    else:
+        return None
+    return [float(r["margin"]) if r.get("margin") is not None else float(r["chosen_score"]) - float(r["rejected_score"])
+            for r in rows]
+
+
+def _load_models(root: Path, data: RunData) -> None:
+    data.rm_metrics = _json(root / "reward_model" / "metrics.json")
+    predictions = read_jsonl(root / "reward_model" / "predictions.jsonl")
+    # train.reward writes {"diff"}; other scorers may write both rewards.
+    data.rm_diffs = [float(p["diff"]) if "diff" in p else float(p["r_chosen"]) - float(p["r_rejected"])
+                     for p in predictions] or None
+    data.rm_log = _json(root / "reward_model" / "train_log.json")
+    data.dpo_log = _json(root / "policy" / "train_log.json")
+    rounds = [_json(p) for p in (root / "online").glob("round_*/metrics.json")]
+    data.online = sorted((m for m in rounds if isinstance(m, dict)), key=lambda m: m.get("round", 0))
+    for path in sorted((root / "eval").glob("**/winrate.json")):
+        w = _json(path)
+        folder = path.parent.relative_to(root / "eval").as_posix()
+        name = folder if folder != "." else str(w.get("judge") or "judge")
+        data.winrates[name] = w
+
+
+def load_run(run_dir: Path) -> RunData:
+    """Everything the report shows, read from ``run_dir``; absent files leave fields empty."""
+    root = Path(run_dir)
+    run_json = _json(root / "run.json") or {}
+    config = run_json.get("config") or {}
+    rubric = _rubric(config)
+    data = RunData(root.resolve().name, rubric.keys, {p.key: p.name for p in rubric.principles},
+                   stages=run_json.get("stages") or {}, min_gap=(config.get("pairs") or {}).get("min_gap"))
+    data.counts["speeches"] = len(read_jsonl(root / "speeches.jsonl"))
+    _load_ratings(root, data, data.stages.get("rate", {}).get("judge"), rubric.weights())
+    for split in ("train", "test"):
+        margins = _split_margins(root / "pairs", split)
+        if margins is not None:
+            data.margins[split] = margins
+            data.counts[f"pairs_{split}"] = len(margins)
+    if not data.margins:
+        data.pairs_missing = "pairs/train.parquet"
+    _load_models(root, data)
+    return data
+
+
+# -- the page ---------------------------------------------------------------------------------
+
+def _fmt(x: Any, spec: str = ".3f") -> str:
+    if x is None:
+        return "-"
+    return format(x, spec) if isinstance(x, float) else str(x)
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> str:
+    def cell(v: Any, tag: str) -> str:
+        numeric = isinstance(v, (int, float)) or re.fullmatch(r"[-\d.,\[\] %/]+", str(v))
+        return f"<{tag}{' class=n' if numeric and tag == 'td' else ''}>{html.escape(_fmt(v))}</{tag}>"
+
+    head = "<tr>" + "".join(cell(h, "th") for h in header) + "</tr>"
+    body = "".join("<tr>" + "".join(cell(v, "td") for v in row) + "</tr>" for row in rows)
+    return f"<table>{head}{body}</table>"
+
+
+def _na(what: str) -> str:
+    return f'<p class="na">not available: {html.escape(what)}</p>'
+
+
+def _headline(data: RunData) -> str:
+    c = data.counts
+    counts = _table(["data", "count"], [
+        ["speeches", c.get("speeches", 0)],
+        ["responses", c.get("responses", 0)], ["generators", c.get("generators", 0)],
+        ["ratings (ok / failed)", f"{c.get('ratings', 0)} / {c.get('ratings_failed', 0)}"],
+        ["pairs (train / test)", f"{c.get('pairs_train', '-')} / {c.get('pairs_test', '-')}"]])
+    m = data.rm_metrics
+    reward = _table(["reward model", "test"], [[k, m.get(k)] for k in ("accuracy", "auc", "ece", "brier")]
+                    + [["pairs", m.get("n")]]) if m else _na("reward_model/metrics.json")
+    parts = [f"<div><h3>Data</h3>{counts}</div>", f"<div><h3>Reward model</h3>{reward}</div>"]
+    if data.winrates:
+        rows = [[judge, w.get("n"), f"{_fmt(w.get('win_rate'))} [{_fmt(w.get('ci_low'))}, {_fmt(w.get('ci_high'))}]",
+                 w.get("lc_win_rate"), w.get("position_consistency"),
+                 f"{_fmt(w.get('wins'))} / {_fmt(w.get('ties'))} / {_fmt(w.get('losses'))}"]
+                for judge, w in data.winrates.items()]
+        wins = _table(["judge", "n", "win rate [95% CI]", "LC win rate", "position consistency", "W / T / L"], rows)
+    else:
+        wins = _na("eval/winrate.json")
+    return f'<div class="grid">{"".join(parts)}</div><h3 style="margin-top:1em">Policy against the reference</h3>{wins}'
+
+
+def _stages(data: RunData) -> str:
+    rows = [[name, s.get("items_in"), s.get("items_out"), s.get("failed"), s.get("calls_made"), s.get("seconds")]
+            for name, s in data.stages.items() if isinstance(s, dict)]
+    if not rows:
+        return _na("run.json")
+    return _table(["stage", "in", "out", "failed", "model calls", "seconds"],
+                  [[_fmt(v, ".1f") for v in r] for r in rows])
+
+
+def _render(fig, png: Path) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    png.write_bytes(buf.getvalue())
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _figures(data: RunData, png_dir: Path) -> str:
+    import matplotlib
+
+    parts = []
+    with matplotlib.rc_context(RC):
+        for spec in FIGURES:
+            png = png_dir / f"{spec.slug}.png"
+            try:
+                body = (f'<img alt="{html.escape(spec.title)}" src="data:image/png;base64,'
+                        f'{_render(spec.draw(data), png)}"><figcaption>{html.escape(spec.caption)}</figcaption>')
+            except Unavailable as missing:
+                png.unlink(missing_ok=True)  # no stale picture from an earlier report of this run
+                body = _na(str(missing))
+            parts.append(f"<figure><h3>{html.escape(spec.title)}</h3>{body}</figure>")
+    return "\n".join(parts)
+
+
+def _footer() -> str:
+    title, _, text = intended_use(LIMITS).partition("\n\n")
+    body = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", html.escape(" ".join(text.split())))
+    return f"<footer><h3>{html.escape(title.lstrip('# '))}</h3><p>{body}</p></footer>"
+
+
+def write_report(run_dir: Path, out: Path | None = None) -> Path:
+    """Write the run's HTML report and return its path.
+
+    ``out`` is the HTML file (default ``RUN/report.html``); the PNGs go to the folder beside it
+    named after it (``RUN/report/``). Only files the run has are read; nothing in it is changed.
+    """
+    data = load_run(Path(run_dir))
+    out = Path(out) if out else Path(run_dir) / "report.html"
+    png_dir = out.with_suffix("")
+    png_dir.mkdir(parents=True, exist_ok=True)
+    page = f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width,initial-scale=1">
+<title>psychocounsel report: {html.escape(data.name)}</title><style>{CSS}</style></head>
+<body><main>
+<h1>psychocounsel report</h1><p class="sub">run <code>{html.escape(data.name)}</code></p>
+<h2>Headline</h2>{_headline(data)}
+<h2>Figures</h2>{_figures(data, png_dir)}
+<h2>Stages</h2>{_stages(data)}
+{_footer()}
+</main></body></html>
+"""
+    out.write_text(page, encoding="utf-8")
+    return out
