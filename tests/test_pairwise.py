@@ -260,6 +260,29 @@ def test_logprob_mode_one_letter_call_per_principle_plus_overall(openai_server, 
     assert judge.name == "llm-logprob:openai:judge-model"
 
 
+def test_logprob_mode_overall_only_makes_one_call(openai_server, tmp_path):
+    openai_server.handler = logprob_handler(LETTERS)
+    judge = LLMPairwiseJudge(BackendConfig(spec="openai:judge-model", base_url=openai_server.url), load_rubric(),
+                             Cache(tmp_path / "c.sqlite"), mode="logprob", per_principle=False)
+    [verdict] = judge.compare(ITEMS[:1])
+    assert (verdict.overall, verdict.per_principle, len(openai_server.requests)) == ("A", {}, 1)
+
+
+# -- RaterJudge -------------------------------------------------------------------------------
+
+def test_rater_judge_prefers_the_warm_reply_per_principle_and_ignores_position():
+    speech = Speech("s", "I have not slept properly in weeks and I snap at everyone at work. I feel like a bad person.")
+    warm = ("That sounds exhausting, and it makes sense you feel on edge. It takes courage to notice this. "
+            "What do you think is keeping you awake at night?")
+    cold = "Everyone has bad weeks. Just go to bed earlier."
+    judge = build_pairwise_judge("minilm", load_rubric(), Cache(":memory:"))
+    first, second = judge.compare([Comparison(speech, warm, cold, "1"), Comparison(speech, cold, warm, "2")])
+    assert first.overall == "A" and second.overall == "B"
+    assert {k: FLIP[v] for k, v in first.per_principle.items()} == second.per_principle
+    assert set(first.per_principle) == set(KEYS) and first.scores["a"] > first.scores["b"]
+    assert judge.name == "rater:minilm"
+
+
 def test_logprob_mode_a_failed_principle_fails_the_verdict(openai_server, tmp_path):
     openai_server.handler = logprob_handler(LETTERS | {"empathy": {"Sure": 0.9, "A": 0.1}})
     [verdict] = llm_judge(openai_server, tmp_path, mode="logprob").compare(ITEMS[:1])

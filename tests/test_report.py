@@ -63,7 +63,8 @@ def write_training(root) -> None:
     rng = random.Random(1)
     write_json(root / "reward_model" / "metrics.json", {"n": 40, "accuracy": 0.7, "auc": 0.75, "ece": 0.08,
                                                          "brier": 0.21})
-    write_jsonl(root / "reward_model" / "predictions.jsonl", [{"diff": rng.gauss(0.5, 1.5)} for _ in range(40)])
+    write_jsonl(root / "reward_model" / "predictions.jsonl",
+                [{"r_chosen": rng.gauss(0.5, 1.5), "r_rejected": rng.gauss(0, 0.5)} for _ in range(40)])
     write_json(root / "reward_model" / "train_log.json",
                [{"step": s, "loss": 0.7 - 0.02 * s, "learning_rate": 9e-6} for s in range(1, 11)]
                + [{"step": 10, "train_runtime": 3.0, "train_loss": 0.6}])

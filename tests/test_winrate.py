@@ -87,10 +87,11 @@ def test_consistent_verdicts_count_and_failures_are_listed_not_scored():
 
 
 def test_reward_judges_add_mean_rewards():
-    rows = [row("policy", "policy", reward_policy=1.0, reward_reference=0.0),
-            row("reference", "reference", reward_policy=0.0, reward_reference=0.5)]
-    result = summarize(rows, "rm", n_boot=200)
+    rows = [row("policy", "policy", score_policy=1.0, score_reference=0.0),
+            row("reference", "reference", score_policy=0.0, score_reference=0.5)]
+    result = summarize(rows, "rm:x", n_boot=200)
     assert result["mean_reward_policy"] == 0.5 and result["mean_reward_reference"] == 0.25
+    assert summarize(rows, "rater:minilm", n_boot=200)["mean_score_policy"] == 0.5
 
 
 # -- the command, against an OpenAI-compatible server ---------------------------------------

@@ -121,6 +121,9 @@ def _eval_parsers(sub) -> None:
     p.add_argument("--max-tokens", type=int, help="answer length limit in tokens (default 256)")
     p.add_argument("--temperature", type=float, help="sampling temperature of both sides (default 0.7)")
     p.add_argument("--system-prompt", help="system prompt given to both sides")
+    p.add_argument("--trim-incomplete", action="store_true", default=None,
+                   help="cut answers that hit --max-tokens back to their last full sentence")
+    p.add_argument("--batch-size", type=int, default=8, help="local models: answers per generate() call")
     p.add_argument("--limit", type=int, help="only the first N speeches")
     p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
 
@@ -323,11 +326,12 @@ def _eval_winrate(args) -> None:
 
     judges = args.judge or ["reward_model"]
     cfg = EvalConfig(speeches=args.speeches,
-                     policy=BackendConfig(spec=args.policy, base_url=args.policy_base_url),
-                     reference=BackendConfig(spec=args.reference, base_url=args.reference_base_url),
+                     policy=BackendConfig(spec=args.policy, base_url=args.policy_base_url, batch_size=args.batch_size),
+                     reference=BackendConfig(spec=args.reference, base_url=args.reference_base_url,
+                                             batch_size=args.batch_size),
                      judges=[WinrateJudgeConfig(spec=judges if len(judges) > 1 else judges[0], mode=args.judge_mode,
                                                 base_url=args.judge_base_url)],
-                     **_options(args, ("max_tokens", "temperature", "system_prompt", "limit")))
+                     **_options(args, ("max_tokens", "temperature", "system_prompt", "limit", "trim_incomplete")))
     print(winrate.headline(winrate.run(cfg, args.out, run_dir=args.run_dir)))
 
 

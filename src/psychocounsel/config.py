@@ -155,12 +155,14 @@ class OnlineConfig(_Strict):
 
 class WinrateJudgeConfig(_Strict):
     """One judge of eval-winrate. ``spec``: ``reward_model`` (this run's RUN/reward_model),
-    ``rm:PATH`` (any reward model folder), or a backend spec for an LLM judge (``default``,
-    ``transformers:PATH``, ``openai:MODEL``); a list of specs is a panel voting by majority."""
+    ``rm:PATH`` (any reward model folder), ``minilm`` (the MiniLM rater, per principle), or a
+    backend spec for an LLM judge (``default``, ``transformers:PATH``, ``openai:MODEL``); a list
+    of specs is a panel voting by majority."""
 
     spec: str | list[str]
     mode: Literal["json", "logprob"] = "json"  # LLM judges: one JSON verdict, or A/B log-probabilities
     base_url: str | None = None  # openai: judges; default $OPENAI_BASE_URL, else api.openai.com
+    per_principle: bool = True  # logprob mode: False asks for the overall verdict only (8x fewer calls)
 
     @field_validator("spec")
     @classmethod

@@ -221,8 +221,10 @@ def winrate_by_principle(run: "RunData") -> "Figure":
     fig, ax = _figure(9.5, 0.5 * len(rows) * max(1, n * 0.7) + 1.8)
     height = 0.8 / n
     for j, (judge, w) in enumerate(run.winrates.items()):
-        note = f"{judge}: win rate {_num(w.get('win_rate'))} [{_num(w.get('ci_low'))}, {_num(w.get('ci_high'))}], " \
-               f"LC {_num(w.get('lc_win_rate'))}, n={w.get('n', '?')}"
+        note = (f"{judge}: win rate {_num(w.get('win_rate'))} [{_num(w.get('ci_low'))}, {_num(w.get('ci_high'))}], "
+                f"LC {_num(w.get('lc_win_rate'))}, n={w.get('n', '?')}")
+        if not w.get("per_principle"):
+            note += ", overall only"  # e.g. a reward-model judge: one verdict per item, no principles
         _winrate_bar(ax, w, rows, (j - (n - 1) / 2) * height, height * 0.95, colors[j % len(colors)], note)
     ax.axvline(0.5, color=GREY, ls="--", lw=1)
     ax.set_yticks(range(len(rows)), ["Overall" if k == "overall" else run.labels.get(k, k) for k in rows])

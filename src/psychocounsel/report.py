@@ -119,7 +119,7 @@ def _split_margins(folder: Path, split: str) -> list[float] | None:
 def _load_models(root: Path, data: RunData) -> None:
     data.rm_metrics = _json(root / "reward_model" / "metrics.json")
     predictions = read_jsonl(root / "reward_model" / "predictions.jsonl")
-    # train.reward writes {"diff"}; other scorers may write both rewards.
+    # train.reward writes both rewards; a bare {"diff": r_chosen - r_rejected} row is read too.
     data.rm_diffs = [float(p["diff"]) if "diff" in p else float(p["r_chosen"]) - float(p["r_rejected"])
                      for p in predictions] or None
     data.rm_log = _json(root / "reward_model" / "train_log.json")

@@ -10,7 +10,7 @@
    ``wins``/``ties``/``losses``, ``win_rate`` and its bootstrap 95% CI, ``lc_win_rate``
    (``length_control``), ``per_principle`` (+ ``per_principle_ci``), ``position_consistency``,
    ``avg_len_policy``/``avg_len_reference`` (characters, as AlpacaEval counts) and ``judge``;
-   a reward-model judge adds the mean rewards. ``OUT/winrate.json`` is the first judge's,
+   a reward-model judge adds the mean rewards, a rater judge the mean weighted scores. ``OUT/winrate.json`` is the first judge's,
    with every judge's headline under ``by_judge``.
 """
 
@@ -147,7 +147,8 @@ def build_judge(jcfg: WinrateJudgeConfig, run_dir: Path | None, rubric, cache: C
                                 "first or name one with rm:PATH")
             s = f"rm:{run_dir / 'reward_model'}"
         resolved.append(s)
-    return build_panel(resolved, rubric, cache, mode=jcfg.mode, base_url=jcfg.base_url)
+    return build_panel(resolved, rubric, cache, mode=jcfg.mode, base_url=jcfg.base_url,
+                       per_principle=jcfg.per_principle)
 
 
 def judge_items(judge, speeches: list[Speech], policy: dict[str, str], reference: dict[str, str]) -> list[dict]:
@@ -170,9 +171,9 @@ def judge_items(judge, speeches: list[Speech], policy: dict[str, str], reference
         row["orders"] = [TO_SIDE[0][first.overall], TO_SIDE[1][second.overall]]
         row["per_principle"] = {k: [TO_SIDE[0][first.per_principle[k]], TO_SIDE[1][second.per_principle[k]]]
                                 for k in first.per_principle if k in second.per_principle}
-        if first.scores and second.scores:  # a reward model: the policy is a in order 1, b in order 2
-            row["reward_policy"] = (first.scores["a"] + second.scores["b"]) / 2
-            row["reward_reference"] = (first.scores["b"] + second.scores["a"]) / 2
+        if first.scores and second.scores:  # a scoring judge: the policy is a in order 1, b in order 2
+            row["score_policy"] = (first.scores["a"] + second.scores["b"]) / 2
+            row["score_reference"] = (first.scores["b"] + second.scores["a"]) / 2
         rows.append({**row, "failed": False})
     return rows
 
@@ -206,9 +207,10 @@ def summarize(rows: list[dict], judge_name: str, n_boot: int = 2000, seed: int =
                avg_len_reference=float(np.mean([r["len_reference"] for r in ok])), judge=judge_name,
                failed=len(rows) - len(ok),
                failures=[{"speech_id": r["speech_id"], "error": r["error"]} for r in rows if r["failed"]])
-    if all("reward_policy" in r for r in ok):
-        out["mean_reward_policy"] = float(np.mean([r["reward_policy"] for r in ok]))
-        out["mean_reward_reference"] = float(np.mean([r["reward_reference"] for r in ok]))
+    if all("score_policy" in r for r in ok):  # a reward model's rewards, or a rater's weighted means
+        name = "mean_reward" if judge_name.startswith("rm:") else "mean_score"
+        out[f"{name}_policy"] = float(np.mean([r["score_policy"] for r in ok]))
+        out[f"{name}_reference"] = float(np.mean([r["score_reference"] for r in ok]))
     return out
 
 
