@@ -173,3 +173,31 @@ def test_conversational_prompts_become_speeches_with_context(tmp_path):
         {"prompt": prompt, "chosen": "GOOD", "rejected": "BAD"}])))
     speech = judge.seen[0].speech
     assert speech.text == "I feel low" and speech.context_lines() == ["Client: hi", "Counselor: hello"]
+
+
+def test_eval_judge_command_against_an_openai_compatible_server(tmp_path, monkeypatch):
+    """The whole command: a judge served over HTTP on 127.0.0.1 that prefers the GOOD reply
+    wherever it stands; its verdicts are cached, so a rerun makes no calls."""
+    from openai_server import FakeOpenAI, Reply
+
+    from psychocounsel.cli import main
+    from psychocounsel.rubric import PAPER_KEYS
+
+    def judge(body):
+        prompt = body["messages"][-1]["content"]
+        a = prompt.split("<response_a>")[1].split("</response_a>")[0]
+        better = "A" if "GOOD" in a else "B"
+        return Reply.ok(json.dumps({**{k: better for k in PAPER_KEYS}, "overall": better}))
+
+    monkeypatch.setenv("OPENAI_API_KEY", "test-key")
+    data = write(tmp_path / "pairs.jsonl", FORM_A[:6])
+    with FakeOpenAI() as server:
+        server.handler = judge
+        args = ["eval-judge", "--judge", "openai:judge-model", "--judge-base-url", server.url, "--data", str(data),
+                "--out", str(tmp_path / "judge.json"), "-q"]
+        assert main(args) == 0
+        report = json.loads((tmp_path / "judge.json").read_text())
+        assert (report["n"], report["accuracy"], report["cohen_kappa"], report["position_consistency"]) == (6, 1.0, 1.0, 1.0)
+        calls = len(server.requests)
+        assert calls == 12  # 6 pairs x 2 orders
+        assert main(args) == 0 and len(server.requests) == calls

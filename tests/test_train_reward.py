@@ -260,7 +260,7 @@ def test_saved_model_scores_like_the_in_memory_one(tiny_lm, pairs_dir, tmp_path)
     import torch
 
     rows = load_pairs(pairs_dir, "train")
-    opts = dict(epochs=1, batch_size=8, lr=5e-3, max_length=64, use_margin=False, lora=False, lora_r=4,
+    opts = dict(epochs=1, batch_size=8, grad_accum=1, lr=5e-3, max_length=64, use_margin=False, lora=False, lora_r=4,
                 seed=0, cpu=True)
     trainer = build_reward_trainer(rows, str(tiny_lm), tmp_path, opts)
     trainer.train()
