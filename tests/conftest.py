@@ -19,6 +19,13 @@ WORDS = ("i feel sad anxious tired alone scared angry lost hopeless my job mothe
          "that sounds hard tell me more can we talk feeling help please thank").split()
 
 
+@pytest.fixture(autouse=True)
+def _no_real_openai(monkeypatch):
+    """A developer's own OpenAI settings must not leak into a test."""
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+
+
 def build_tiny_lm(path: Path) -> Path:
     """A 2-layer Llama with a word-level tokenizer and a chat template, saved to ``path`` (~1 s)."""
     import torch

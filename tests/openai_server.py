@@ -79,6 +79,11 @@ class Received:
     body: Any
 
 
+def prompt_of(body: dict[str, Any]) -> str:
+    """The last message's text: the prompt a judge was sent."""
+    return body["messages"][-1]["content"]
+
+
 def echo(body: dict[str, Any]) -> Reply:
     """Default handler: answer ``echo: <last user message>``; logprobs ranking "4" over "3"."""
     last = next((m["content"] for m in reversed(body.get("messages", [])) if m["role"] == "user"), "")

@@ -10,7 +10,7 @@ import math
 import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
-from openai_server import FakeOpenAI, Reply, openai_server  # noqa: F401 (fixture)
+from openai_server import FakeOpenAI, Reply, openai_server, prompt_of  # noqa: F401 (fixture)
 
 from psychocounsel.config import JudgeConfig
 from psychocounsel.errors import UserError
@@ -201,16 +201,6 @@ SCORES_BY_RESPONSE = {
     "RESPONSE-ONE": {k: 5.0 if k == "empathy" else 4.0 for k in KEYS},
     "RESPONSE-TWO": {k: 1.0 if k == "safety" else 2.5 for k in KEYS},
 }
-
-
-@pytest.fixture(autouse=True)
-def _no_real_openai(monkeypatch):
-    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
-    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
-
-
-def prompt_of(body: dict) -> str:
-    return body["messages"][-1]["content"]
 
 
 def json_judge(server: FakeOpenAI, tmp_path, mode: str = "json", retries: int = 2) -> LLMJudge:

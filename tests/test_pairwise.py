@@ -8,7 +8,7 @@ import json
 import math
 
 import pytest
-from openai_server import FakeOpenAI, Reply, openai_server  # noqa: F401 (fixture)
+from openai_server import FakeOpenAI, Reply, openai_server, prompt_of  # noqa: F401 (fixture)
 
 from psychocounsel.config import BackendConfig
 from psychocounsel.errors import UserError
@@ -130,16 +130,6 @@ MULTI = Speech("s2", "It still hurts.", context=[{"role": "client", "content": "
 WARM = "WARM-REPLY: I'm so sorry. What do you miss most about her?"
 COLD = "COLD-REPLY: Just get over it."
 ITEMS = [Comparison(SAD, WARM, COLD, "c1"), Comparison(MULTI, COLD, WARM, "c2")]
-
-
-@pytest.fixture(autouse=True)
-def _no_real_openai(monkeypatch):
-    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
-    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
-
-
-def prompt_of(body: dict) -> str:
-    return body["messages"][-1]["content"]
 
 
 def which_first(prompt: str) -> str:

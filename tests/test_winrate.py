@@ -152,3 +152,16 @@ def test_policy_named_from_a_run_that_has_none_is_a_clear_error(tmp_path, capsys
     code = main(["eval-winrate", "--policy", "policy", "--run-dir", str(tmp_path), "--speeches", str(speeches),
                  "--out", str(tmp_path / "eval")])
     assert code == 2 and "does not exist" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "mentalchat16k-eval").is_dir(), reason="../shared/data is absent")
+def test_eval_winrate_on_real_mentalchat_speeches_over_http(tmp_path, openai_server, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "test-key")
+    openai_server.handler = serve
+    speeches = SHARED_DATA / "mentalchat16k-eval" / "evalq_bench_question.jsonl"
+    assert main(["eval-winrate", "--policy", "openai:policy-model", "--policy-base-url", openai_server.url,
+                 "--reference", "openai:reference-model", "--reference-base-url", openai_server.url,
+                 "--judge", "openai:judge-model", "--judge-base-url", openai_server.url, "--limit", "5",
+                 "--speeches", str(speeches), "--out", str(tmp_path / "eval"), "-q"]) == 0
+    result = json.loads((tmp_path / "eval" / "winrate.json").read_text())
+    assert (result["n"], result["wins"]) == (5, 5)

@@ -163,6 +163,8 @@ class WinrateJudgeConfig(_Strict):
     mode: Literal["json", "logprob"] = "json"  # LLM judges: one JSON verdict, or A/B log-probabilities
     base_url: str | None = None  # openai: judges; default $OPENAI_BASE_URL, else api.openai.com
     per_principle: bool = True  # logprob mode: False asks for the overall verdict only (8x fewer calls)
+    # logprob mode: below this share of probability on "A"/"B" the judge gave no verdict (item failed)
+    min_mass: float = Field(0.5, gt=0, le=1)
 
     @field_validator("spec")
     @classmethod

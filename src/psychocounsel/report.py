@@ -63,6 +63,7 @@ class RunData:
     dpo_log: list[dict] | None = None
     online: list[dict] = field(default_factory=list)
     winrates: dict[str, dict] = field(default_factory=dict)
+    judges_failed: dict[str, dict] = field(default_factory=dict)  # judges that gave no verdict at all
     stages: dict[str, dict] = field(default_factory=dict)
 
 
@@ -128,8 +129,13 @@ def _load_models(root: Path, data: RunData) -> None:
     data.online = sorted((m for m in rounds if isinstance(m, dict)), key=lambda m: m.get("round", 0))
     for path in sorted((root / "eval").glob("**/winrate.json")):
         w = _json(path)
+        if isinstance(w, dict) and "by_judge" in w:
+            continue  # eval-winrate's summary: the first judge again, whose own folder is read too
         folder = path.parent.relative_to(root / "eval").as_posix()
         name = folder if folder != "." else str(w.get("judge") or "judge")
+        if isinstance(w, dict) and "win_rate" not in w:
+            data.judges_failed[name] = w
+            continue
         data.winrates[name] = w
 
 
@@ -192,6 +198,8 @@ def _headline(data: RunData) -> str:
                  w.get("lc_win_rate"), w.get("position_consistency"),
                  f"{_fmt(w.get('wins'))} / {_fmt(w.get('ties'))} / {_fmt(w.get('losses'))}"]
                 for judge, w in data.winrates.items()]
+        rows += [[judge, 0, f"failed on all {w.get('failed')} items", "-", "-", str(w.get("error", ""))[:80]]
+                 for judge, w in data.judges_failed.items()]
         wins = _table(["judge", "n", "win rate [95% CI]", "LC win rate", "position consistency", "W / T / L"], rows)
     else:
         wins = _na("eval/winrate.json")

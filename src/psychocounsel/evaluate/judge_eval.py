@@ -63,7 +63,7 @@ def _label(value: Any, where: str, i: int) -> str:
 def normalize_labelled(rows: list[dict], where: str) -> list[dict]:
     """Form (a) rows as {prompt, chosen, rejected}; form (b) rows as {prompt, response_a,
     response_b, label}. Missing columns are a UserError naming them."""
-    from ..train.reward import _field, normalize_rows
+    from ..train.reward import normalize_rows, text_field
 
     if not rows:
         raise UserError(f"{where} has no rows")
@@ -74,19 +74,19 @@ def normalize_labelled(rows: list[dict], where: str) -> list[dict]:
     missing = [c for c in _FORM_B if c not in present] + ([] if prompt_key else ["question (or prompt)"])
     if missing:
         raise UserError(f"{where} lacks column(s) {', '.join(missing)}; columns present: {', '.join(present)}")
-    return [{"prompt": _field(r, prompt_key, where, i), "response_a": _field(r, "response_a", where, i),
-             "response_b": _field(r, "response_b", where, i), "label": _label(r.get("label"), where, i)}
+    return [{"prompt": text_field(r, prompt_key, where, i), "response_a": text_field(r, "response_a", where, i),
+             "response_b": text_field(r, "response_b", where, i), "label": _label(r.get("label"), where, i)}
             for i, r in enumerate(rows)]
 
 
 def load_labelled_pairs(path: str | Path) -> list[dict]:
     """Human-labelled pairs from a .jsonl, .csv or .parquet file (see the module docstring)."""
-    from ..train.reward import _read_file
+    from ..train.reward import read_table_file
 
     path = Path(path).expanduser()
     if not path.is_file():
         raise UserError(f"no such file: {path}")
-    return normalize_labelled(_read_file(path), str(path))
+    return normalize_labelled(read_table_file(path), str(path))
 
 
 def assign_positions(rows: list[dict], seed: int = 0) -> list[dict]:

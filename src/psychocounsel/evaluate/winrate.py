@@ -148,7 +148,7 @@ def build_judge(jcfg: WinrateJudgeConfig, run_dir: Path | None, rubric, cache: C
             s = f"rm:{run_dir / 'reward_model'}"
         resolved.append(s)
     return build_panel(resolved, rubric, cache, mode=jcfg.mode, base_url=jcfg.base_url,
-                       per_principle=jcfg.per_principle)
+                       per_principle=jcfg.per_principle, min_mass=jcfg.min_mass)
 
 
 def judge_items(judge, speeches: list[Speech], policy: dict[str, str], reference: dict[str, str]) -> list[dict]:
@@ -241,6 +241,13 @@ def run(cfg: EvalConfig, out: Path, run_dir: Path | None = None, rubric_path: Pa
             finally:
                 judge.close()
             write_jsonl(out / label / "judgements.jsonl", rows)
+            if results and all(r["failed"] for r in rows):  # a later judge gave nothing: say so, keep the rest
+                reasons = sorted({r["error"] for r in rows})
+                log.warning("%s failed on all %d items (e.g. %s); see %s", label, len(rows), reasons[0],
+                            out / label / "judgements.jsonl")
+                results[label] = {"judge": judge.name, "n": 0, "failed": len(rows), "error": reasons[0]}
+                write_json(out / label / "winrate.json", results[label])
+                continue
             result = summarize(rows, judge.name, cfg.n_boot, cfg.seed)
             result.update(policy=sides["policy"].spec, reference=sides["reference"].spec)
             write_json(out / label / "winrate.json", result)
@@ -252,7 +259,8 @@ def run(cfg: EvalConfig, out: Path, run_dir: Path | None = None, rubric_path: Pa
     finally:
         cache.close()
     first = next(iter(results.values()))
-    summary = {**first, "by_judge": {k: {h: v[h] for h in HEADLINE} | {"judge": v["judge"]} for k, v in results.items()}}
+    summary = {**first, "by_judge": {k: {h: v[h] for h in HEADLINE + ("judge", "failed", "error") if h in v}
+                                     for k, v in results.items()}}
     write_json(out / "winrate.json", summary)
     return {**summary, **calls, "n_speeches": len(speeches)}
 

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, Callable
 
 from ..backends import ChatRequest, load_backend
 from ..config import JudgeConfig
@@ -37,6 +38,41 @@ def render_principles(rubric: Rubric) -> str:
         anchors = "; ".join(f"{s} = {t}" for s, t in sorted(p.anchors.items()))
         blocks.append(f"- {p.key} ({p.name}): {p.definition} Anchors: {anchors}")
     return "\n".join(blocks)
+
+
+def ask_with_retries(cache: Cache, backend, n: int, request: Callable[[int, int], ChatRequest],
+                     parse: Callable[[int, str], Any], failed: Callable[[int, str, str], Any], retries: int,
+                     progress=None) -> list:
+    """Ask for items 0..n-1 (``request(i, attempt)``) and ``parse(i, text)`` each reply; a failed
+    call or a reply that raises ParseError is asked again, up to ``retries`` more times (the
+    request changes with the attempt, so a retry is a new cache key). What never parses becomes
+    ``failed(i, reason, raw_text)``: recorded, never given a default."""
+    results: dict[int, Any] = {}
+    last: dict[int, tuple[str, str]] = {}
+    pending = list(range(n))
+    for attempt in range(retries + 1):
+        if not pending:
+            break
+        comps = cache.complete(backend, [request(i, attempt) for i in pending])
+        still = []
+        for i, comp in zip(pending, comps):
+            try:
+                if comp.error:
+                    raise ParseError(comp.error)
+                results[i] = parse(i, comp.text)
+            except ParseError as e:
+                last[i] = (str(e), comp.text)
+                still.append(i)
+                continue
+            if progress:
+                progress(1)
+        pending = still
+    for i in pending:
+        error, raw = last[i]
+        results[i] = failed(i, f"{error} (after {retries + 1} attempts)", raw)
+        if progress:
+            progress(1)
+    return [results[i] for i in range(n)]
 
 
 class LLMJudge:
@@ -80,37 +116,17 @@ class LLMJudge:
         return self._rate_logprob(items, progress)
 
     def _rate_json(self, items, progress) -> list[Rating]:
-        results: dict[int, Rating] = {}
-        pending = list(range(len(items)))
-        last: dict[int, tuple[str, str]] = {}
-        for attempt in range(self.cfg.retries + 1):
-            if not pending:
-                break
-            reqs = [self.json_request(*items[i], attempt) for i in pending]
-            comps = self.cache.complete(self.backend, reqs)
-            still = []
-            for i, comp in zip(pending, comps):
-                speech, resp = items[i]
-                try:
-                    if comp.error:
-                        raise ParseError(comp.error)
-                    scores, rationale = parse_json_scores(comp.text, self.rubric.keys)
-                except ParseError as e:
-                    last[i] = (str(e), comp.text)
-                    still.append(i)
-                    continue
-                results[i] = Rating(resp.id, speech.id, self.name, scores=scores, rationale=rationale[:500])
-                if progress:
-                    progress(1)
-            pending = still
-        for i in pending:
+        def parse(i: int, text: str) -> Rating:
             speech, resp = items[i]
-            error, raw = last[i]
-            results[i] = Rating(resp.id, speech.id, self.name, failed=True,
-                                error=f"{error} (after {self.cfg.retries + 1} attempts)", raw=raw[:2000])
-            if progress:
-                progress(1)
-        return [results[i] for i in range(len(items))]
+            scores, rationale = parse_json_scores(text, self.rubric.keys)
+            return Rating(resp.id, speech.id, self.name, scores=scores, rationale=rationale[:500])
+
+        def failed(i: int, error: str, raw: str) -> Rating:
+            speech, resp = items[i]
+            return Rating(resp.id, speech.id, self.name, failed=True, error=error, raw=raw[:2000])
+
+        return ask_with_retries(self.cache, self.backend, len(items), lambda i, a: self.json_request(*items[i], a),
+                                parse, failed, self.cfg.retries, progress)
 
     def _rate_logprob(self, items, progress) -> list[Rating]:
         principles = self.rubric.principles

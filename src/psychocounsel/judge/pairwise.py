@@ -32,7 +32,7 @@ from ..errors import UserError
 from ..records import Speech
 from ..rubric import Rubric
 from ..store import Cache
-from .llm import TEMPLATES, render_context, render_principles
+from .llm import TEMPLATES, ask_with_retries, render_context, render_principles
 from .parse import MIN_LETTER_MASS, TIE_BAND, ParseError, letter_preference, parse_json_comparison
 
 OVERALL = "overall"
@@ -131,34 +131,12 @@ class LLMPairwiseJudge:
         return self._compare_logprob(items, progress)
 
     def _compare_json(self, items: list[Comparison], progress: Progress) -> list[Verdict]:
-        results: dict[int, Verdict] = {}
-        pending = list(range(len(items)))
-        last: dict[int, tuple[str, str]] = {}
-        for attempt in range(self.retries + 1):
-            if not pending:
-                break
-            comps = self.cache.complete(self.backend, [self.json_request(items[i], attempt) for i in pending])
-            still = []
-            for i, comp in zip(pending, comps):
-                try:
-                    if comp.error:
-                        raise ParseError(comp.error)
-                    verdicts, rationale = parse_json_comparison(comp.text, self.rubric.keys)
-                except ParseError as e:
-                    last[i] = (str(e), comp.text)
-                    still.append(i)
-                    continue
-                overall = verdicts.pop(OVERALL)
-                results[i] = Verdict(overall, verdicts, rationale=rationale[:500])
-                if progress:
-                    progress(1)
-            pending = still
-        for i in pending:
-            error, raw = last[i]
-            results[i] = Verdict.failure(f"{error} (after {self.retries + 1} attempts)", raw)
-            if progress:
-                progress(1)
-        return [results[i] for i in range(len(items))]
+        def parse(i: int, text: str) -> Verdict:
+            verdicts, rationale = parse_json_comparison(text, self.rubric.keys)
+            return Verdict(verdicts.pop(OVERALL), verdicts, rationale=rationale[:500])
+
+        return ask_with_retries(self.cache, self.backend, len(items), lambda i, a: self.json_request(items[i], a),
+                                parse, lambda i, error, raw: Verdict.failure(error, raw), self.retries, progress)
 
     def _compare_logprob(self, items: list[Comparison], progress: Progress) -> list[Verdict]:
         keys = (self.rubric.keys if self.per_principle else []) + [OVERALL]
@@ -317,7 +295,7 @@ def is_reward_model(path: Path) -> bool:
 
 
 def build_pairwise_judge(spec: str, rubric: Rubric, cache: Cache, mode: str = "json", base_url: str | None = None,
-                         per_principle: bool = True):
+                         per_principle: bool = True, min_mass: float = MIN_LETTER_MASS):
     """A judge from a spec: ``rm:PATH`` or a reward-model folder -> RewardModelJudge; ``minilm``
     -> RaterJudge; a backend spec (``default``, ``transformers:PATH``, ``openai:MODEL``) ->
     LLMPairwiseJudge."""
@@ -338,13 +316,14 @@ def build_pairwise_judge(spec: str, rubric: Rubric, cache: Cache, mode: str = "j
         reason = "is a folder but not a reward model" if path.is_dir() else "is not an existing path"
         raise UserError(f"judge '{spec}' {reason}; use rm:PATH for a reward model, or a backend spec "
                         "(default, transformers:PATH, openai:MODEL) for an LLM judge")
-    return LLMPairwiseJudge(spec, rubric, cache, mode=mode, base_url=base_url, per_principle=per_principle)
+    return LLMPairwiseJudge(spec, rubric, cache, mode=mode, base_url=base_url, per_principle=per_principle,
+                            min_mass=min_mass)
 
 
 def build_panel(specs: list[str], rubric: Rubric, cache: Cache, mode: str = "json", base_url: str | None = None,
-                per_principle: bool = True):
+                per_principle: bool = True, min_mass: float = MIN_LETTER_MASS):
     """One judge for one spec; a PanelJudge of them all for several."""
     if not specs:
         raise UserError("no judge given; pass at least one judge spec")
-    judges = [build_pairwise_judge(s, rubric, cache, mode, base_url, per_principle) for s in specs]
+    judges = [build_pairwise_judge(s, rubric, cache, mode, base_url, per_principle, min_mass) for s in specs]
     return judges[0] if len(judges) == 1 else PanelJudge(judges)

@@ -59,7 +59,8 @@ def _read_jsonl(path: Path) -> list[dict]:
     return rows
 
 
-def _read_file(path: Path) -> list[dict]:
+def read_table_file(path: Path) -> list[dict]:
+    """Rows of a .parquet, .jsonl or .csv file (pairs, labelled pairs); a damaged file is a UserError."""
     suffix = path.suffix.lower()
     if suffix == ".parquet":
         import pyarrow.parquet as pq
@@ -108,10 +109,10 @@ def _read_source(source: str | Path, split: str) -> tuple[list[dict], str]:
             path = path / "pairs"  # a run directory
         for name in (f"{split}.parquet", f"{split}.jsonl"):
             if (path / name).is_file():
-                return _read_file(path / name), str(path / name)
+                return read_table_file(path / name), str(path / name)
         raise UserError(f"{path} has no {split}.parquet or {split}.jsonl and is not a saved datasets folder")
     if path.is_file():
-        return _read_file(path), str(path)
+        return read_table_file(path), str(path)
     if HUB_ID.match(str(source)):
         return _read_hub(str(source), split), f"{source} (split '{split}')"
     raise UserError(f"no such file or directory: {path}")
@@ -131,7 +132,8 @@ def _message_list(value: Any) -> list[dict] | None:
     return None
 
 
-def _field(row: dict, key: str, where: str, i: int) -> str | list[dict]:
+def text_field(row: dict, key: str, where: str, i: int) -> str | list[dict]:
+    """``row[key]`` as stripped text or a list of {role, content} messages; else a UserError naming the row."""
     value = row.get(key)
     messages = _message_list(value)
     if messages is not None:
@@ -176,8 +178,8 @@ def normalize_rows(rows: list[dict], where: str) -> list[dict]:
         raise UserError(f"{where} lacks column(s) {', '.join(missing)}; columns present: {', '.join(present) or 'none'}")
     out = []
     for i, row in enumerate(rows):
-        item = {"prompt": _field(row, prompt_key, where, i), "chosen": _field(row, "chosen", where, i),
-                "rejected": _field(row, "rejected", where, i)}
+        item = {"prompt": text_field(row, prompt_key, where, i), "chosen": text_field(row, "chosen", where, i),
+                "rejected": text_field(row, "rejected", where, i)}
         margin = _margin(row, where, i)
         if margin is not None:
             item["margin"] = margin
