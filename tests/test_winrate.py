@@ -127,7 +127,7 @@ def test_eval_winrate_against_a_server_then_rerun_makes_no_calls(tmp_path, opena
     assert result["avg_len_policy"] > result["avg_len_reference"]
     calls = len(openai_server.requests)
     assert calls == 1 + 4 + 4 + 8  # the retried 500, two sides x 4 speeches, 4 speeches x 2 orders
-    judged = [json.loads(x) for x in (tmp_path / "eval" / "openai-judge-model" / "judgements.jsonl").open()]
+    judged = [json.loads(x) for x in (tmp_path / "eval" / "llm-json-openai-judge-model" / "judgements.jsonl").open()]
     assert [r["orders"] for r in judged] == [["policy", "policy"]] * 4
 
     assert main(args) == 0
@@ -143,7 +143,7 @@ def test_unparseable_judge_fails_items_with_reasons(tmp_path, openai_server, mon
             "--judge", "openai:confused-judge", "--judge-base-url", openai_server.url,
             "--speeches", str(speeches), "--out", str(tmp_path / "eval"), "-q"]
     assert main(args) == 2  # every item failed: nothing to score, and the reasons are on disk
-    judged = [json.loads(x) for x in (tmp_path / "eval" / "openai-confused-judge" / "judgements.jsonl").open()]
+    judged = [json.loads(x) for x in (tmp_path / "eval" / "llm-json-openai-confused-judge" / "judgements.jsonl").open()]
     assert judged[0]["failed"] and "attempts" in judged[0]["error"]
 
 

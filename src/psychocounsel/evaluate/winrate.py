@@ -123,16 +123,21 @@ def answer(side: str, backend_cfg: BackendConfig, speeches: list[Speech], cfg: E
 # -- judging ----------------------------------------------------------------------------------
 
 def judge_label(jcfg: WinrateJudgeConfig) -> str:
-    """A folder name for a judge: ``reward_model``, ``openai-gpt-4o``, ``panel-...``.
+    """A folder name for a judge: ``reward_model``, ``minilm``, ``llm-json-openai-gpt-4o``, ``panel-...``.
 
     >>> judge_label(WinrateJudgeConfig(spec="openai:gpt-4o"))
-    'openai-gpt-4o'
-    >>> judge_label(WinrateJudgeConfig(spec=["default", "rm:/x/rm"]))
-    'panel-default-rm-x-rm'
+    'llm-json-openai-gpt-4o'
+    >>> judge_label(WinrateJudgeConfig(spec=["default", "rm:/x/rm"], mode="logprob"))
+    'panel-llm-logprob-default-rm-x-rm'
     """
     specs = jcfg.spec if isinstance(jcfg.spec, list) else [jcfg.spec]
-    slug = "-".join(re.sub(r"[^A-Za-z0-9._]+", "-", s).strip("-") for s in specs)
-    return ("panel-" + slug if len(specs) > 1 else slug)[:80]
+
+    def slug(spec: str) -> str:
+        llm = spec not in ("reward_model", "minilm") and not spec.startswith("rm:")
+        return re.sub(r"[^A-Za-z0-9._]+", "-", f"llm-{jcfg.mode}-{spec}" if llm else spec).strip("-")
+
+    joined = "-".join(slug(s) for s in specs)
+    return ("panel-" + joined if len(specs) > 1 else joined)[:80]
 
 
 def build_judge(jcfg: WinrateJudgeConfig, run_dir: Path | None, rubric, cache: Cache):
