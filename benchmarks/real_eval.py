@@ -1,8 +1,10 @@
 """The quickstart's policy on real client speeches, and the offline judges against real people.
 
-1. eval-winrate of RUN/policy against its base on the 200 MentalChat16K evaluation questions
-   (../shared/data/mentalchat16k-eval), judged by RUN/reward_model and by the MiniLM rater.
-2. eval-judge of the same two judges on CounselChat upvote pairs (counselchat_pairs.py).
+1. eval-winrate of RUN/policy against its base on the MentalChat16K evaluation questions
+   (../shared/data/mentalchat16k-eval) of at most 1,000 characters (the paper's speech filter;
+   the longest of the 200 runs to 19,822 characters, which a 135M model on a CPU cannot batch),
+   judged by RUN/reward_model and by the MiniLM rater.
+2. eval-judge of the same two judges on 600 CounselChat upvote pairs (counselchat_pairs.py).
 
     python benchmarks/real_eval.py --run runs/quickstart      # ~10 minutes on 2 cores
 
@@ -21,6 +23,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
+MAX_CHARS = 1000
+N_PAIRS = 600  # of CounselChat's 2,523 upvote pairs, seeded: the MiniLM rater takes ~4 min for them
 HEADLINE = ("n", "wins", "ties", "losses", "win_rate", "ci_low", "ci_high", "lc_win_rate", "position_consistency",
             "avg_len_policy", "avg_len_reference", "per_principle", "mean_reward_policy", "mean_reward_reference",
             "mean_score_policy", "mean_score_reference", "failed", "judge")
@@ -42,7 +46,13 @@ def main() -> int:
         print(f"needs {speeches} and a trained {args.run}/policy", file=sys.stderr)
         return 2
     limit = ["--limit", str(args.limit)] if args.limit else []
-    results: dict = {"run": args.run.name, "speeches": "mentalchat16k-eval (200 questions)"}
+    rows = [json.loads(line) for line in speeches.open(encoding="utf-8") if line.strip()]
+    kept = [r for r in rows if len(r["turns"][0]) <= MAX_CHARS]
+    args.work.mkdir(parents=True, exist_ok=True)
+    speeches = args.work / "speeches.jsonl"
+    speeches.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
+    results: dict = {"run": args.run.name,
+                     "speeches": f"mentalchat16k-eval: {len(kept)} of {len(rows)} questions (<= {MAX_CHARS} chars)"}
     for judge in (f"rm:{args.run / 'reward_model'}", "minilm"):
         name = "reward_model" if judge.startswith("rm:") else judge
         start = time.perf_counter()
@@ -53,8 +63,8 @@ def main() -> int:
         results[f"winrate_{name}"] = {k: w[k] for k in HEADLINE if k in w} | {
             "seconds": round(time.perf_counter() - start, 1)}
     pairs = args.work / "counselchat_pairs.jsonl"
-    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "counselchat_pairs.py"), "--out", str(pairs)],
-                   check=True)
+    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "counselchat_pairs.py"), "--out", str(pairs),
+                    "--n", str(N_PAIRS)], check=True)
     for judge in (f"rm:{args.run / 'reward_model'}", "minilm"):
         name = "reward_model" if judge.startswith("rm:") else judge
         out = args.work / f"judge_{name}.json"

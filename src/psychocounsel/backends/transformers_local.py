@@ -16,7 +16,8 @@ from .base import Backend, ChatRequest, Completion
 
 def weights_fingerprint(path) -> str:
     """Size and modification time of every weights file under ``path`` (a folder or a file),
-    hashed: cheap, and changed by any retraining that writes new weights."""
+    hashed: cheap, and changed by any retraining that writes new weights. A copy that does not
+    keep modification times (``cp -r``) looks new: the cost is fresh calls, never stale answers."""
     from pathlib import Path
 
     path = Path(path)

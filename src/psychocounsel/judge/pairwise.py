@@ -11,11 +11,13 @@ never guesses.
   "overall" for a single letter and reads P(A) against P(B) (parse.letter_preference).
 - :class:`RewardModelJudge`: the response with the higher reward wins. It scores each response
   on its own, so it has no position bias by construction.
+- :class:`RaterJudge`: the MiniLM rater's principle scores compared, per principle and overall;
+  also position-free.
 - :class:`PanelJudge`: the majority of several judges.
 
 Judge specs (:func:`build_pairwise_judge`): ``rm:PATH`` or a folder holding a reward model
-(a sequence classifier with one output) is a reward-model judge; anything else is a backend spec
-(``default``, ``transformers:PATH``, ``openai:MODEL``) for an LLM judge.
+(a sequence classifier with one output) is a reward-model judge; ``minilm`` the rater; anything
+else is a backend spec (``default``, ``transformers:PATH``, ``openai:MODEL``) for an LLM judge.
 """
 
 from __future__ import annotations
@@ -184,11 +186,16 @@ class RaterJudge:
     def compare(self, items: list[Comparison], progress: Progress = None) -> list[Verdict]:
         from ..records import Response
 
-        responses = [(it.speech, Response(id=f"{it.id}:{side}", speech_id=it.speech.id, generator=side, text=text,
-                                          model="")) for it in items for side, text in (("a", it.a), ("b", it.b))]
-        ratings = self.rater.rate(responses)
+        # Each distinct (speech, response) is rated once: both orders of a pair share their ratings.
+        unique: dict[tuple[str, str], tuple] = {}
+        for it in items:
+            for text in (it.a, it.b):
+                unique.setdefault((it.speech.id, text), (it.speech, Response(
+                    id=f"r{len(unique)}", speech_id=it.speech.id, generator="", text=text, model="")))
+        rated = dict(zip(unique, self.rater.rate(list(unique.values()))))
         verdicts = []
-        for ra, rb in zip(ratings[0::2], ratings[1::2]):
+        for it in items:
+            ra, rb = rated[(it.speech.id, it.a)], rated[(it.speech.id, it.b)]
             if ra.failed or rb.failed:
                 verdicts.append(Verdict.failure(ra.error or rb.error or "rating failed"))
                 continue
