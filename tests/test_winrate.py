@@ -165,3 +165,19 @@ def test_eval_winrate_on_real_mentalchat_speeches_over_http(tmp_path, openai_ser
                  "--speeches", str(speeches), "--out", str(tmp_path / "eval"), "-q"]) == 0
     result = json.loads((tmp_path / "eval" / "winrate.json").read_text())
     assert (result["n"], result["wins"]) == (5, 5)
+
+
+def test_a_later_judge_that_fails_everywhere_is_reported_not_fatal(tmp_path, openai_server, monkeypatch):
+    from psychocounsel.config import EvalConfig
+    from psychocounsel.evaluate import winrate
+
+    monkeypatch.setenv("OPENAI_API_KEY", "test-key")
+    openai_server.handler = serve
+    side = lambda model: {"spec": f"openai:{model}", "base_url": openai_server.url}  # noqa: E731
+    cfg = EvalConfig(speeches=write(tmp_path / "s.jsonl", [{"id": "s0", "text": SPEECHES[0]}]),
+                     policy=side("policy-model"), reference=side("reference-model"),
+                     judges=[side("judge-model"), side("confused-judge")])
+    result = winrate.run(cfg, tmp_path / "eval")
+    assert (result["win_rate"], result["judge"]) == (1.0, "llm-json:openai:judge-model")
+    failed = result["by_judge"]["llm-json-openai-confused-judge"]
+    assert failed["n"] == 0 and failed["failed"] == 1 and "attempts" in failed["error"]
