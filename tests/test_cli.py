@@ -115,7 +115,19 @@ def test_training_commands_report_bad_input_cleanly(tmp_path):
     assert_clean_error(cli("train-dpo", "--pairs", str(bad), "--out", str(tmp_path / "o")), "chosen")
 
 
-@pytest.mark.parametrize("command", ["train-rm", "eval-rm", "train-dpo", "train-online"])
+def test_training_config_sections_give_defaults(tmp_path):
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text("dpo: {base: /no/such/model, beta: 0.2}\n", encoding="utf-8")
+    pairs = str(_pairs_file(tmp_path))
+    # the section's base is used (and reported missing); a section that is absent is named
+    assert_clean_error(cli("train-dpo", "--config", str(cfg), "--pairs", pairs, "--out", str(tmp_path / "o")),
+                       "/no/such/model")
+    assert_clean_error(cli("train-rm", "--config", str(cfg), "--pairs", pairs, "--out", str(tmp_path / "o")),
+                       "no 'reward_model' section")
+
+
+@pytest.mark.parametrize("command", ["train-rm", "eval-rm", "train-dpo", "train-online", "eval-winrate",
+                                     "eval-judge"])
 def test_training_help(command):
     res = cli(command, "--help")
     assert res.returncode == 0 and "--out" in res.stdout

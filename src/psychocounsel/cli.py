@@ -205,6 +205,8 @@ def _training_parsers(sub) -> None:
     p.add_argument("--reward-model", required=True, type=Path, help="a reward model folder (from train-rm)")
     p.add_argument("--speeches", required=True, type=Path, help="speeches.jsonl (ingest output: id, text)")
     p.add_argument("--out", required=True, type=Path, help="output folder (one sub-folder per round)")
+    p.add_argument("--config", help="a run config (e.g. configs/paper.yaml): its online section gives the "
+                   "defaults, flags override them")
     p.add_argument("--rounds", type=int, help="DPO rounds (default 1)")
     p.add_argument("--speeches-per-round", type=int, help="speeches sampled per round (default 8)")
     p.add_argument("--k", type=int, help="responses per speech (default 8, as in the paper)")
@@ -271,7 +273,7 @@ def _section_options(args, section: str, names: tuple[str, ...], base_default: s
             raise UserError(f"{args.config} has no '{section}' section")
         opts = values.model_dump()
     opts.update(_options(args, names))
-    base = args.base or opts.pop("base", None) or base_default
+    base = getattr(args, "base", None) or opts.pop("base", None) or base_default
     opts.pop("base", None)
     return base, opts
 
@@ -313,9 +315,10 @@ def _train_online(args) -> None:
     if not args.speeches.is_file():
         raise UserError(f"speeches file not found: {args.speeches}")
     speeches = [{"id": r["id"], "text": r["text"]} for r in read_jsonl(args.speeches)]
-    dpo = {k: v for k, v in (("max_steps", args.dpo_steps), ("lr", args.dpo_lr)) if v is not None}
-    opts = _options(args, ("rounds", "speeches_per_round", "k", "temperature", "max_tokens", "min_gap",
-                           "dev_fraction", "seed"))
+    names = ("rounds", "speeches_per_round", "k", "temperature", "max_tokens", "min_gap", "dev_fraction", "seed")
+    opts = _section_options(args, "online", names, "")[1]
+    dpo = {**(opts.pop("dpo", None) or {}),
+           **{k: v for k, v in (("max_steps", args.dpo_steps), ("lr", args.dpo_lr)) if v is not None}}
     summary = train_online(args.policy, args.reward_model, speeches, args.out, dpo_options=dpo or None, **opts)
     print(json.dumps({"best_round": summary["best_round"], "best_policy": str(summary["best_policy"])}))
 
