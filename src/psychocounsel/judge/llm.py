@@ -75,6 +75,27 @@ def ask_with_retries(cache: Cache, backend, n: int, request: Callable[[int, int]
     return [results[i] for i in range(n)]
 
 
+def ask_per_key(cache: Cache, backend, n: int, keys: list[str], request: Callable[[int, str], ChatRequest],
+                read: Callable[[Any], Any]) -> list[tuple[dict[str, Any], str, str]]:
+    """One call per (item, key), all in one batch, each completion turned into a value by
+    ``read`` (which raises ParseError when it cannot). Per item: (values by key, error, raw),
+    where error and raw join every key that failed ("" when none did)."""
+    comps = cache.complete(backend, [request(i, k) for i in range(n) for k in keys])
+    out = []
+    for i in range(n):
+        values, errors, raws = {}, [], []
+        for key, comp in zip(keys, comps[i * len(keys):(i + 1) * len(keys)]):
+            try:
+                if comp.error:
+                    raise ParseError(comp.error)
+                values[key] = read(comp)
+            except ParseError as e:
+                errors.append(f"{key}: {e}")
+                raws.append(f"{key}: {comp.text!r}")
+        out.append((values, "; ".join(errors), "; ".join(raws)))
+    return out
+
+
 class LLMJudge:
     def __init__(self, cfg: JudgeConfig, rubric: Rubric, cache: Cache):
         self.cfg, self.rubric, self.cache = cfg, rubric, cache
@@ -129,24 +150,15 @@ class LLMJudge:
                                 parse, failed, self.cfg.retries, progress)
 
     def _rate_logprob(self, items, progress) -> list[Rating]:
-        principles = self.rubric.principles
-        reqs = [self.logprob_request(s, r, p) for s, r in items for p in principles]
-        comps = self.cache.complete(self.backend, reqs, progress=None)
+        keys = self.rubric.keys
+        principle = {p.key: p for p in self.rubric.principles}
+        answers = ask_per_key(self.cache, self.backend, len(items), keys,
+                              lambda i, k: self.logprob_request(*items[i], principle[k]),
+                              lambda comp: expected_score(comp.top_logprobs, self.cfg.min_digit_mass))
         ratings = []
-        for n, (speech, resp) in enumerate(items):
-            scores, errors, raws = {}, [], []
-            for j, p in enumerate(principles):
-                comp = comps[n * len(principles) + j]
-                try:
-                    if comp.error:
-                        raise ParseError(comp.error)
-                    scores[p.key] = expected_score(comp.top_logprobs, self.cfg.min_digit_mass)
-                except ParseError as e:
-                    errors.append(f"{p.key}: {e}")
-                    raws.append(f"{p.key}: {comp.text!r}")
-            if errors:
-                ratings.append(Rating(resp.id, speech.id, self.name, failed=True,
-                                      error="; ".join(errors), raw="; ".join(raws)))
+        for (speech, resp), (scores, error, raw) in zip(items, answers):
+            if error:
+                ratings.append(Rating(resp.id, speech.id, self.name, failed=True, error=error, raw=raw))
             else:
                 ratings.append(Rating(resp.id, speech.id, self.name, scores=scores))
             if progress:

@@ -34,7 +34,7 @@ from ..errors import UserError
 from ..records import Speech
 from ..rubric import Rubric
 from ..store import Cache
-from .llm import TEMPLATES, ask_with_retries, render_context, render_principles
+from .llm import TEMPLATES, ask_per_key, ask_with_retries, render_context, render_principles
 from .parse import MIN_LETTER_MASS, TIE_BAND, ParseError, letter_preference, parse_json_comparison
 
 OVERALL = "overall"
@@ -142,23 +142,12 @@ class LLMPairwiseJudge:
 
     def _compare_logprob(self, items: list[Comparison], progress: Progress) -> list[Verdict]:
         keys = (self.rubric.keys if self.per_principle else []) + [OVERALL]
-        comps = self.cache.complete(self.backend, [self.logprob_request(it, k) for it in items for k in keys])
+        answers = ask_per_key(self.cache, self.backend, len(items), keys,
+                              lambda i, k: self.logprob_request(items[i], k),
+                              lambda comp: letter_preference(comp.top_logprobs, self.min_mass, self.tie_band))
         verdicts = []
-        for n in range(len(items)):
-            found, errors, raws = {}, [], []
-            for j, key in enumerate(keys):
-                comp = comps[n * len(keys) + j]
-                try:
-                    if comp.error:
-                        raise ParseError(comp.error)
-                    found[key] = letter_preference(comp.top_logprobs, self.min_mass, self.tie_band)
-                except ParseError as e:
-                    errors.append(f"{key}: {e}")
-                    raws.append(f"{key}: {comp.text!r}")
-            if errors:
-                verdicts.append(Verdict.failure("; ".join(errors), "; ".join(raws)))
-            else:
-                verdicts.append(Verdict(found.pop(OVERALL), found))
+        for found, error, raw in answers:
+            verdicts.append(Verdict.failure(error, raw) if error else Verdict(found.pop(OVERALL), found))
             if progress:
                 progress(1)
         return verdicts
