@@ -272,10 +272,9 @@ def _section_options(args, section: str, names: tuple[str, ...], base_default: s
         if values is None:
             raise UserError(f"{args.config} has no '{section}' section")
         opts = values.model_dump()
+    section_base = opts.pop("base", None)
     opts.update(_options(args, names))
-    base = getattr(args, "base", None) or opts.pop("base", None) or base_default
-    opts.pop("base", None)
-    return base, opts
+    return getattr(args, "base", None) or section_base or base_default, opts
 
 
 def _train_rm(args) -> None:

@@ -32,15 +32,13 @@ from typing import Any
 
 from ..errors import UserError
 from ..records import Speech
-from .stats import bootstrap_ci, cohen_kappa, combine_orders, position_consistency
+from .stats import AS_SIDE, bootstrap_ci, cohen_kappa, combine_orders, position_consistency
 
 LABELS = ("A", "B", "tie")
 CHUNK = 64  # pairs per judge call: big enough to batch, small enough for a moving progress bar
 _FORM_B = ("response_a", "response_b", "label")
 _LABEL_WORDS = {"a": "A", "b": "B", "tie": "tie"}
-# Each order's verdict in stats' terms, with the response first in position A as the "policy".
-_AS_POLICY = {"first": {"A": "policy", "B": "reference", "tie": "tie"},
-              "second": {"A": "reference", "B": "policy", "tie": "tie"}}
+# stats' terms treat the response first in position A as the "policy"; back to A/B/tie:
 _FROM_POLICY = {"policy": "A", "reference": "B", "tie": "tie"}
 
 
@@ -170,8 +168,8 @@ def agreement_metrics(labels: list[str], firsts: list[str], seconds: list[str], 
     >>> m["accuracy"], m["accuracy_strict"], m["position_consistency"], m["verdicts"]
     (0.8333333333333334, 0.6666666666666666, 0.6666666666666666, {'A': 1, 'B': 1, 'tie': 1})
     """
-    policy_1 = [_AS_POLICY["first"][v] for v in firsts]
-    policy_2 = [_AS_POLICY["second"][v] for v in seconds]
+    policy_1 = [AS_SIDE[0][v] for v in firsts]
+    policy_2 = [AS_SIDE[1][v] for v in seconds]
     combined = [_FROM_POLICY[combine_orders(f, s)] for f, s in zip(policy_1, policy_2)]
     half = "tie" not in labels  # see the module docstring
     credit = [1.0 if c == h else 0.5 if half and c == "tie" else 0.0 for c, h in zip(combined, labels)]
@@ -223,7 +221,7 @@ def run_eval_judge(specs: list[str], data: str | Path, out: Path | None = None, 
     from ..rubric import load_rubric
     from ..store import Cache, write_json
 
-    rows = load_labelled_pairs(data)[:limit] if limit else load_labelled_pairs(data)
+    rows = load_labelled_pairs(data)[:limit]  # limit None: every row
     if cache_path is None:
         cache_path = Path(out).with_name("judge_cache.sqlite") if out else Path(":memory:")
     cache = Cache(cache_path)

@@ -36,6 +36,10 @@ def outcome_value(verdict: str) -> float:
                          f"{sorted(VERDICT_VALUE)}") from None
 
 
+# A verdict in positions as a side, per order: the policy is A in the first order, B in the second.
+AS_SIDE = ({"A": POLICY, "B": REFERENCE, "tie": TIE}, {"A": REFERENCE, "B": POLICY, "tie": TIE})
+
+
 def combine_orders(first: str, second: str) -> str:
     """The both-order rule: ``first`` judged with the policy as A, ``second`` with it as B.
 

@@ -30,8 +30,6 @@ from ..store import Cache, read_jsonl, stable_hash, write_json, write_jsonl
 log = logging.getLogger(__name__)
 
 CHUNK = 32  # speeches per generation call: a killed run keeps every finished chunk in the cache
-TO_SIDE = ({"A": "policy", "B": "reference", "tie": "tie"},   # order 1: the policy is A
-           {"A": "reference", "B": "policy", "tie": "tie"})   # order 2: the policy is B
 
 
 # -- speeches ---------------------------------------------------------------------------------
@@ -159,10 +157,10 @@ def build_judge(jcfg: WinrateJudgeConfig, run_dir: Path | None, rubric, cache: C
 def judge_items(judge, speeches: list[Speech], policy: dict[str, str], reference: dict[str, str]) -> list[dict]:
     """Both orders for every speech; one row per speech with the verdicts mapped to sides."""
     from ..judge.pairwise import Comparison
+    from .stats import AS_SIDE
 
     items = [Comparison(speech=s, a=policy[s.id], b=reference[s.id], id=f"{s.id}:pr") for s in speeches]
-    items += [Comparison(speech=s, a=reference[s.id], b=policy[s.id], id=f"{s.id}:rp") for s in speeches]
-    verdicts = judge.compare(items)
+    verdicts = judge.compare(items + [it.swapped(":rp") for it in items])
     n = len(speeches)
     rows = []
     for i, s in enumerate(speeches):
@@ -173,8 +171,8 @@ def judge_items(judge, speeches: list[Speech], policy: dict[str, str], reference
         if failed:
             rows.append({**row, "failed": True, "error": "; ".join(failed)})
             continue
-        row["orders"] = [TO_SIDE[0][first.overall], TO_SIDE[1][second.overall]]
-        row["per_principle"] = {k: [TO_SIDE[0][first.per_principle[k]], TO_SIDE[1][second.per_principle[k]]]
+        row["orders"] = [AS_SIDE[0][first.overall], AS_SIDE[1][second.overall]]
+        row["per_principle"] = {k: [AS_SIDE[0][first.per_principle[k]], AS_SIDE[1][second.per_principle[k]]]
                                 for k in first.per_principle if k in second.per_principle}
         if first.scores and second.scores:  # a scoring judge: the policy is a in order 1, b in order 2
             row["score_policy"] = (first.scores["a"] + second.scores["b"]) / 2
