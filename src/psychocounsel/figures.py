@@ -136,15 +136,12 @@ def pair_gaps(run: "RunData") -> "Figure":
 
 
 def reliability(run: "RunData") -> "Figure":
-    from .evaluate.reward_eval import ECE_BINS, expected_calibration_error, symmetric_set
+    from .evaluate.reward_eval import ECE_BINS, calibration_bins, expected_calibration_error
 
     if not run.rm_diffs:
         raise Unavailable("reward_model/predictions.jsonl")
-    p, y = symmetric_set(run.rm_diffs)
-    which = np.minimum((p * ECE_BINS).astype(int), ECE_BINS - 1)
-    count = np.bincount(which, minlength=ECE_BINS)
-    mean_y = np.bincount(which, weights=y, minlength=ECE_BINS) / np.maximum(count, 1)
-    mean_p = np.bincount(which, weights=p, minlength=ECE_BINS) / np.maximum(count, 1)
+    count, sum_p, sum_y = calibration_bins(run.rm_diffs, ECE_BINS)
+    mean_y, mean_p = sum_y / np.maximum(count, 1), sum_p / np.maximum(count, 1)
     fig, (ax, axc) = _figure(6.5, 6.0, nrows=2, sharex=True, height_ratios=[4, 1])
     used = count > 0
     edges = np.arange(ECE_BINS) / ECE_BINS

@@ -78,7 +78,7 @@ def _rubric(config: dict):
     return load_rubric(path if path and Path(path).is_file() else None)
 
 
-def _load_ratings(root: Path, data: RunData, judge: str | None, weights: dict[str, float]) -> None:
+def _load_ratings(root: Path, data: RunData, judge: str | None, rubric) -> None:
     responses = {r["id"]: (r.get("generator", "?"), len(r.get("text", "").split()))
                  for r in read_jsonl(root / "responses.jsonl")}
     data.has_responses = bool(responses)
@@ -97,7 +97,7 @@ def _load_ratings(root: Path, data: RunData, judge: str | None, weights: dict[st
         generator, words = responses.get(r["response_id"], (None, None))
         scores = {k: float(r["scores"][k]) for k in data.keys}
         data.scored.append({"response_id": r["response_id"], "generator": generator, "words": words,
-                            "scores": scores, "score": sum(weights[k] * scores[k] for k in data.keys)})
+                            "scores": scores, "score": rubric.score(scores)})
     data.has_responses = data.has_responses and all(r["generator"] is not None for r in data.scored)
 
 
@@ -120,9 +120,7 @@ def _split_margins(folder: Path, split: str) -> list[float] | None:
 def _load_models(root: Path, data: RunData) -> None:
     data.rm_metrics = _json(root / "reward_model" / "metrics.json")
     predictions = read_jsonl(root / "reward_model" / "predictions.jsonl")
-    # train.reward writes both rewards; a bare {"diff": r_chosen - r_rejected} row is read too.
-    data.rm_diffs = [float(p["diff"]) if "diff" in p else float(p["r_chosen"]) - float(p["r_rejected"])
-                     for p in predictions] or None
+    data.rm_diffs = [float(p["r_chosen"]) - float(p["r_rejected"]) for p in predictions] or None
     data.rm_log = _json(root / "reward_model" / "train_log.json")
     data.dpo_log = _json(root / "policy" / "train_log.json")
     rounds = [_json(p) for p in (root / "online").glob("round_*/metrics.json")]
@@ -148,7 +146,7 @@ def load_run(run_dir: Path) -> RunData:
     data = RunData(root.resolve().name, rubric.keys, {p.key: p.name for p in rubric.principles},
                    stages=run_json.get("stages") or {}, min_gap=(config.get("pairs") or {}).get("min_gap"))
     data.counts["speeches"] = len(read_jsonl(root / "speeches.jsonl"))
-    _load_ratings(root, data, data.stages.get("rate", {}).get("judge"), rubric.weights())
+    _load_ratings(root, data, data.stages.get("rate", {}).get("judge"), rubric)
     for split in ("train", "test"):
         margins = _split_margins(root / "pairs", split)
         if margins is not None:

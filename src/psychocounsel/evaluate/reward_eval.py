@@ -93,11 +93,21 @@ def expected_calibration_error(d: Sequence[float], bins: int = ECE_BINS) -> floa
     >>> expected_calibration_error([0.0])   # both 0.5, labels 1 and 0, in one bin
     0.0
     """
+    count, sum_p, sum_y = calibration_bins(d, bins)
+    return float(np.sum(np.abs(sum_y - sum_p)) / count.sum())
+
+
+def calibration_bins(d: Sequence[float], bins: int = ECE_BINS) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per equal-width probability bin of the symmetric set: (count, sum of p, sum of labels);
+    what the ECE and the report's reliability diagram are made of.
+
+    >>> [x.tolist() for x in calibration_bins([0.0], bins=2)]   # p 0.5 twice, in the upper bin
+    [[0, 2], [0.0, 1.0], [0.0, 1.0]]
+    """
     p, y = symmetric_set(d)
     which = np.minimum((p * bins).astype(int), bins - 1)
-    sum_p = np.bincount(which, weights=p, minlength=bins)
-    sum_y = np.bincount(which, weights=y, minlength=bins)
-    return float(np.sum(np.abs(sum_y - sum_p)) / p.size)
+    return (np.bincount(which, minlength=bins), np.bincount(which, weights=p, minlength=bins),
+            np.bincount(which, weights=y, minlength=bins))
 
 
 def brier_score(d: Sequence[float]) -> float:
