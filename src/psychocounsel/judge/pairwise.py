@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -73,9 +73,6 @@ class Verdict:
     @classmethod
     def failure(cls, error: str, raw: str = "") -> "Verdict":
         return cls(failed=True, error=error, raw=raw[:2000])
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 Progress = Callable[[int], Any] | None
