@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 RUN_DIR ?= runs/quickstart
 PIP := $(BIN)/python -m pip --disable-pip-version-check -q
 
-.PHONY: setup dev quickstart test clean
+.PHONY: setup dev quickstart test lint clean
 
 # Shared, idempotent install: reruns only when pyproject.toml changes.
 setup: $(VENV)/.setup-done
@@ -29,9 +29,14 @@ $(VENV)/.dev-done: pyproject.toml
 quickstart: setup
 	$(BIN)/psychocounsel run configs/quickstart.yaml --run-dir $(RUN_DIR)
 
-# Tests run tiny models, for which one thread is fastest and steadiest on 2 cores.
-test: dev
+# Lint and format check first (seconds), then the tests. Tests run tiny models, for which one
+# thread is fastest and steadiest on 2 cores.
+test: dev lint
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q
+
+lint: dev
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
 
 clean:
 	rm -rf $(VENV) runs

@@ -26,24 +26,44 @@ from conftest import WORDS, build_tiny_lm  # noqa: E402  (the tests' local model
 def pairs_file(path: Path, n: int) -> Path:
     rng = random.Random(0)
     rows = []
-    for i in range(n):
+    for _ in range(n):
         prompt = " ".join(rng.choice(WORDS) for _ in range(20))
-        rows.append({"question": prompt, "chosen": "that sounds hard . tell me more about it ?",
-                     "rejected": "you are not sad . stop thinking about it .", "margin": 1.0})
+        rows.append(
+            {
+                "question": prompt,
+                "chosen": "that sounds hard . tell me more about it ?",
+                "rejected": "you are not sad . stop thinking about it .",
+                "margin": 1.0,
+            }
+        )
     path.mkdir(parents=True, exist_ok=True)
-    for split, part in (("train", rows[: n - 16]), ("test", rows[n - 16:])):
+    for split, part in (("train", rows[: n - 16]), ("test", rows[n - 16 :])):
         (path / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in part), encoding="utf-8")
     return path
 
 
 def step(name: str, args: list[str], results: dict, launch: bool = True) -> None:
-    cmd = (["accelerate", "launch", "--config_file", str(ROOT / "configs/accelerate/single_gpu.yaml"),
-            "-m", "psychocounsel"] if launch else [sys.executable, "-m", "psychocounsel"]) + args
+    cmd = (
+        [
+            "accelerate",
+            "launch",
+            "--config_file",
+            str(ROOT / "configs/accelerate/single_gpu.yaml"),
+            "-m",
+            "psychocounsel",
+        ]
+        if launch
+        else [sys.executable, "-m", "psychocounsel"]
+    ) + args
     start = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PSYCHOCOUNSEL_PROGRESS": "0"})
     out = proc.stdout.strip().splitlines()
-    results[name] = {"rc": proc.returncode, "seconds": round(time.perf_counter() - start, 1),
-                     "stdout_last": out[-1][:800] if out else "", "stderr_tail": proc.stderr[-1500:]}
+    results[name] = {
+        "rc": proc.returncode,
+        "seconds": round(time.perf_counter() - start, 1),
+        "stdout_last": out[-1][:800] if out else "",
+        "stderr_tail": proc.stderr[-1500:],
+    }
     print(name, results[name]["rc"], results[name]["seconds"], results[name]["stdout_last"][:300], flush=True)
 
 
@@ -51,27 +71,115 @@ def main(out: Path) -> int:
     import torch
 
     out.mkdir(parents=True, exist_ok=True)
-    results: dict = {"device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none",
-                     "torch": torch.__version__, "bf16_supported": torch.cuda.is_available()
-                     and torch.cuda.is_bf16_supported()}
+    results: dict = {
+        "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none",
+        "torch": torch.__version__,
+        "bf16_supported": torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
+    }
     tiny = build_tiny_lm(out / "tiny-lm")
     pairs = pairs_file(out / "pairs", 96)
     speeches = ROOT / "configs" / "quickstart_eval_speeches.jsonl"
-    step("train-rm", ["train-rm", "--pairs", str(pairs), "--base", str(tiny), "--out", str(out / "rm"),
-                      "--epochs", "3", "--batch-size", "8", "--lr", "1e-3"], results)
-    step("train-dpo", ["train-dpo", "--pairs", str(pairs), "--base", str(tiny), "--out", str(out / "dpo"),
-                       "--max-steps", "10", "--lr", "1e-3", "--batch-size", "4"], results)
-    step("train-dpo-lora", ["train-dpo", "--pairs", str(pairs), "--base", str(tiny), "--out",
-                            str(out / "dpo-lora"), "--max-steps", "10", "--lr", "1e-3", "--lora"], results)
-    step("eval-rm", ["eval-rm", "--model", str(out / "rm"), "--data", str(pairs / "test.jsonl")], results,
-         launch=False)
-    step("train-online", ["train-online", "--policy", str(out / "dpo"), "--reward-model", str(out / "rm"),
-                          "--speeches", str(speeches), "--out", str(out / "online"), "--k", "4",
-                          "--speeches-per-round", "8", "--max-tokens", "16", "--dpo-steps", "2"], results,
-         launch=False)
-    step("eval-winrate", ["eval-winrate", "--policy", str(out / "dpo"), "--reference", str(tiny), "--judge",
-                          f"rm:{out / 'rm'}", "--speeches", str(speeches), "--out", str(out / "eval"),
-                          "--max-tokens", "16"], results, launch=False)
+    step(
+        "train-rm",
+        [
+            "train-rm",
+            "--pairs",
+            str(pairs),
+            "--base",
+            str(tiny),
+            "--out",
+            str(out / "rm"),
+            "--epochs",
+            "3",
+            "--batch-size",
+            "8",
+            "--lr",
+            "1e-3",
+        ],
+        results,
+    )
+    step(
+        "train-dpo",
+        [
+            "train-dpo",
+            "--pairs",
+            str(pairs),
+            "--base",
+            str(tiny),
+            "--out",
+            str(out / "dpo"),
+            "--max-steps",
+            "10",
+            "--lr",
+            "1e-3",
+            "--batch-size",
+            "4",
+        ],
+        results,
+    )
+    step(
+        "train-dpo-lora",
+        [
+            "train-dpo",
+            "--pairs",
+            str(pairs),
+            "--base",
+            str(tiny),
+            "--out",
+            str(out / "dpo-lora"),
+            "--max-steps",
+            "10",
+            "--lr",
+            "1e-3",
+            "--lora",
+        ],
+        results,
+    )
+    step("eval-rm", ["eval-rm", "--model", str(out / "rm"), "--data", str(pairs / "test.jsonl")], results, launch=False)
+    step(
+        "train-online",
+        [
+            "train-online",
+            "--policy",
+            str(out / "dpo"),
+            "--reward-model",
+            str(out / "rm"),
+            "--speeches",
+            str(speeches),
+            "--out",
+            str(out / "online"),
+            "--k",
+            "4",
+            "--speeches-per-round",
+            "8",
+            "--max-tokens",
+            "16",
+            "--dpo-steps",
+            "2",
+        ],
+        results,
+        launch=False,
+    )
+    step(
+        "eval-winrate",
+        [
+            "eval-winrate",
+            "--policy",
+            str(out / "dpo"),
+            "--reference",
+            str(tiny),
+            "--judge",
+            f"rm:{out / 'rm'}",
+            "--speeches",
+            str(speeches),
+            "--out",
+            str(out / "eval"),
+            "--max-tokens",
+            "16",
+        ],
+        results,
+        launch=False,
+    )
     if (out / "rm" / "metrics.json").is_file():
         results["rm_metrics"] = json.loads((out / "rm" / "metrics.json").read_text())
     (out / "gpu_check.json").write_text(json.dumps(results, indent=2))

@@ -98,8 +98,10 @@ def load_counselchat(n: int | None, seed: int) -> tuple[list[tuple[str, str]], l
 
 
 def rate(judge, speeches: list[str], responses: list[str]) -> list[dict[str, float] | None]:
-    items = [(Speech(id=f"s{i}", text=s), Response(id=f"r{i}", speech_id=f"s{i}", generator="human", text=r, model="human"))
-             for i, (s, r) in enumerate(zip(speeches, responses))]
+    items = [
+        (Speech(id=f"s{i}", text=s), Response(id=f"r{i}", speech_id=f"s{i}", generator="human", text=r, model="human"))
+        for i, (s, r) in enumerate(zip(speeches, responses))
+    ]
     return [None if x.failed else x.scores for x in judge.rate(items)]
 
 
@@ -117,8 +119,10 @@ class Similarity:
         from psychocounsel.records import Rating
 
         s, r = self.encode([x.text for x, _ in items]), self.encode([y.text for _, y in items])
-        return [Rating(y.id, x.id, self.name, scores={k: float(s[i] @ r[i]) for k in self.rubric.keys})
-                for i, (x, y) in enumerate(items)]
+        return [
+            Rating(y.id, x.id, self.name, scores={k: float(s[i] @ r[i]) for k in self.rubric.keys})
+            for i, (x, y) in enumerate(items)
+        ]
 
 
 def make_judge(name: str, rubric: Rubric, cache: Cache):
@@ -132,8 +136,13 @@ def make_judge(name: str, rubric: Rubric, cache: Cache):
         # "-any": score from the digits' renormalised probabilities however little mass they hold,
         # to measure the ranking SmolLM2 would give if its non-answers were let through.
         min_mass = 0.0 if name.endswith("-any") else 0.5
-        return build_judge(JudgeConfig(type="llm", mode="logprob", min_digit_mass=min_mass,
-                                       backend={"spec": "default", "batch_size": 8}), rubric, cache)
+        return build_judge(
+            JudgeConfig(
+                type="llm", mode="logprob", min_digit_mass=min_mass, backend={"spec": "default", "batch_size": 8}
+            ),
+            rubric,
+            cache,
+        )
     raise SystemExit(f"unknown candidate {name}")
 
 
@@ -149,9 +158,14 @@ def evaluate(name: str, n_epitome: int, n_pairs: int | None, seed: int, cache: C
         x, lv = np.array([a for a, _ in ok]), np.array([b for _, b in ok])
         from scipy.stats import spearmanr
 
-        out[file] = {"n": len(ok), "failed": len(rows) - len(ok), "principle": key,
-                     "spearman": float(spearmanr(x, lv).statistic),
-                     "acc_level2_vs_0": _acc2v0(x, lv), "acc_ci95": bootstrap_ci(_acc2v0, x, lv)}
+        out[file] = {
+            "n": len(ok),
+            "failed": len(rows) - len(ok),
+            "principle": key,
+            "spearman": float(spearmanr(x, lv).statistic),
+            "acc_level2_vs_0": _acc2v0(x, lv),
+            "acc_ci95": bootstrap_ci(_acc2v0, x, lv),
+        }
     if n_pairs is not None and n_pairs <= 0:
         out["counselchat-upvotes"] = {"n": 0, "skipped": "not run (see --llm-pairs)"}
         accs = [out[f]["acc_level2_vs_0"] for f in EPITOME]
@@ -160,11 +174,19 @@ def evaluate(name: str, n_epitome: int, n_pairs: int | None, seed: int, cache: C
     items, pairs = load_counselchat(n_pairs, seed)
     judge = make_judge(name, full, cache)
     scores = rate(judge, [q for q, _ in items], [a for _, a in items])
-    ok = [(full.score(scores[a]), full.score(scores[b])) for a, b in pairs
-          if scores[a] is not None and scores[b] is not None]
+    ok = [
+        (full.score(scores[a]), full.score(scores[b]))
+        for a, b in pairs
+        if scores[a] is not None and scores[b] is not None
+    ]
     d = np.array([a - b for a, b in ok])
-    out["counselchat-upvotes"] = {"n": len(ok), "failed": len(pairs) - len(ok), "answers": len(items),
-                                  "accuracy": _pref_acc(d), "acc_ci95": bootstrap_ci(_pref_acc, d)}
+    out["counselchat-upvotes"] = {
+        "n": len(ok),
+        "failed": len(pairs) - len(ok),
+        "answers": len(items),
+        "accuracy": _pref_acc(d),
+        "acc_ci95": bootstrap_ci(_pref_acc, d),
+    }
     accs = [out[f]["acc_level2_vs_0"] for f in EPITOME] + [out["counselchat-upvotes"]["accuracy"]]
     out["mean_accuracy"] = float(np.mean(accs))
     return out
@@ -172,19 +194,34 @@ def evaluate(name: str, n_epitome: int, n_pairs: int | None, seed: int, cache: C
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--judges", default="similarity,minilm,smollm2-logprob,smollm2-logprob-any",
-                    help="comma-separated candidates: similarity, minilm, smollm2-logprob (SmolLM2-135M-"
-                    "Instruct as a logprob judge), smollm2-logprob-any (the same, scoring even replies that "
-                    "are not a digit)")
+    ap.add_argument(
+        "--judges",
+        default="similarity,minilm,smollm2-logprob,smollm2-logprob-any",
+        help="comma-separated candidates: similarity, minilm, smollm2-logprob (SmolLM2-135M-"
+        "Instruct as a logprob judge), smollm2-logprob-any (the same, scoring even replies that "
+        "are not a digit)",
+    )
     ap.add_argument("--n-epitome", type=int, default=600, help="responses sampled per EPITOME file")
-    ap.add_argument("--n-pairs", type=int, default=None,
-                    help="CounselChat answer pairs (default: all 2,523 pairs over 2,129 answers)")
-    ap.add_argument("--llm-scale", type=float, default=0.25,
-                    help="LLM candidates use this fraction of the EPITOME samples: SmolLM2 reads a ~400-token "
-                    "prompt per judgement, ~1.5 s each on one CPU thread")
-    ap.add_argument("--llm-pairs", type=int, default=0,
-                    help="CounselChat pairs for LLM candidates (7 judgements of a ~800-token prompt per "
-                    "answer: ~40 s a pair on CPU, so off by default)")
+    ap.add_argument(
+        "--n-pairs",
+        type=int,
+        default=None,
+        help="CounselChat answer pairs (default: all 2,523 pairs over 2,129 answers)",
+    )
+    ap.add_argument(
+        "--llm-scale",
+        type=float,
+        default=0.25,
+        help="LLM candidates use this fraction of the EPITOME samples: SmolLM2 reads a ~400-token "
+        "prompt per judgement, ~1.5 s each on one CPU thread",
+    )
+    ap.add_argument(
+        "--llm-pairs",
+        type=int,
+        default=0,
+        help="CounselChat pairs for LLM candidates (7 judgements of a ~800-token prompt per "
+        "answer: ~40 s a pair on CPU, so off by default)",
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/judge_agreement.json"))
     args = ap.parse_args()

@@ -25,9 +25,26 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
 MAX_CHARS = 1000
 N_PAIRS = 600  # of CounselChat's 2,523 upvote pairs, seeded: the MiniLM rater takes ~4 min for them
-HEADLINE = ("n", "wins", "ties", "losses", "win_rate", "ci_low", "ci_high", "lc_win_rate", "position_consistency",
-            "avg_len_policy", "avg_len_reference", "per_principle", "mean_reward_policy", "mean_reward_reference",
-            "mean_score_policy", "mean_score_reference", "failed", "judge")
+HEADLINE = (
+    "n",
+    "wins",
+    "ties",
+    "losses",
+    "win_rate",
+    "ci_low",
+    "ci_high",
+    "lc_win_rate",
+    "position_consistency",
+    "avg_len_policy",
+    "avg_len_reference",
+    "per_principle",
+    "mean_reward_policy",
+    "mean_reward_reference",
+    "mean_score_policy",
+    "mean_score_reference",
+    "failed",
+    "judge",
+)
 
 
 def cli(*args: str) -> None:
@@ -51,20 +68,41 @@ def main() -> int:
     args.work.mkdir(parents=True, exist_ok=True)
     speeches = args.work / "speeches.jsonl"
     speeches.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
-    results: dict = {"run": args.run.name,
-                     "speeches": f"mentalchat16k-eval: {len(kept)} of {len(rows)} questions (<= {MAX_CHARS} chars)"}
+    results: dict = {
+        "run": args.run.name,
+        "speeches": f"mentalchat16k-eval: {len(kept)} of {len(rows)} questions (<= {MAX_CHARS} chars)",
+    }
     for judge in (f"rm:{args.run / 'reward_model'}", "minilm"):
         name = "reward_model" if judge.startswith("rm:") else judge
         start = time.perf_counter()
-        cli("eval-winrate", "--policy", str(args.run / "policy"), "--reference", "default", "--judge", judge,
-            "--speeches", str(speeches), "--out", str(args.work / "winrate"), "--max-tokens", "80",
-            "--trim-incomplete", "--batch-size", "24", *limit)
+        cli(
+            "eval-winrate",
+            "--policy",
+            str(args.run / "policy"),
+            "--reference",
+            "default",
+            "--judge",
+            judge,
+            "--speeches",
+            str(speeches),
+            "--out",
+            str(args.work / "winrate"),
+            "--max-tokens",
+            "80",
+            "--trim-incomplete",
+            "--batch-size",
+            "24",
+            *limit,
+        )
         w = json.loads((args.work / "winrate" / "winrate.json").read_text())
         results[f"winrate_{name}"] = {k: w[k] for k in HEADLINE if k in w} | {
-            "seconds": round(time.perf_counter() - start, 1)}
+            "seconds": round(time.perf_counter() - start, 1)
+        }
     pairs = args.work / "counselchat_pairs.jsonl"
-    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "counselchat_pairs.py"), "--out", str(pairs),
-                    "--n", str(N_PAIRS)], check=True)
+    subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "counselchat_pairs.py"), "--out", str(pairs), "--n", str(N_PAIRS)],
+        check=True,
+    )
     for judge in (f"rm:{args.run / 'reward_model'}", "minilm"):
         name = "reward_model" if judge.startswith("rm:") else judge
         out = args.work / f"judge_{name}.json"
@@ -72,7 +110,8 @@ def main() -> int:
         cli("eval-judge", "--judge", judge, "--data", str(pairs), "--out", str(out), *limit)
         report = json.loads(out.read_text())
         results[f"judge_{name}_counselchat"] = {k: v for k, v in report.items() if k != "failures"} | {
-            "seconds": round(time.perf_counter() - start, 1)}
+            "seconds": round(time.perf_counter() - start, 1)
+        }
     args.out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     print(json.dumps(results, indent=2))
     return 0

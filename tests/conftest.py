@@ -14,9 +14,11 @@ os.environ.setdefault("PSYCHOCOUNSEL_PROGRESS", "0")
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
-WORDS = ("i feel sad anxious tired alone scared angry lost hopeless my job mother father partner friend "
-         "sleep work school today every night cannot stop thinking about it what how why you are not "
-         "that sounds hard tell me more can we talk feeling help please thank").split()
+WORDS = (
+    "i feel sad anxious tired alone scared angry lost hopeless my job mother father partner friend "
+    "sleep work school today every night cannot stop thinking about it what how why you are not "
+    "that sounds hard tell me more can we talk feeling help please thank"
+).split()
 
 
 @pytest.fixture(autouse=True)
@@ -32,18 +34,35 @@ def build_tiny_lm(path: Path) -> Path:
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-    vocab = {t: i for i, t in enumerate(["<pad>", "<unk>", "<s>", "</s>", ":", "?", ".", ","] + WORDS +
-                                        ["system", "user", "assistant"])}
+    vocab = {
+        t: i
+        for i, t in enumerate(
+            ["<pad>", "<unk>", "<s>", "</s>", ":", "?", ".", ","] + WORDS + ["system", "user", "assistant"]
+        )
+    }
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>",
-                                   pad_token="<pad>", unk_token="<unk>")
-    fast.chat_template = ("{% for m in messages %}<s> {{ m['role'] }} : {{ m['content'] }} </s> {% endfor %}"
-                          "{% if add_generation_prompt %}<s> assistant : {% endif %}")
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>"
+    )
+    fast.chat_template = (
+        "{% for m in messages %}<s> {{ m['role'] }} : {{ m['content'] }} </s> {% endfor %}"
+        "{% if add_generation_prompt %}<s> assistant : {% endif %}"
+    )
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
-                         pad_token_id=0, bos_token_id=2, eos_token_id=3, tie_word_embeddings=False)
+    config = LlamaConfig(
+        vocab_size=len(vocab),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        pad_token_id=0,
+        bos_token_id=2,
+        eos_token_id=3,
+        tie_word_embeddings=False,
+    )
     LlamaForCausalLM(config).save_pretrained(path)
     fast.save_pretrained(path)
     return path

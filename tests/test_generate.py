@@ -12,19 +12,28 @@ from pathlib import Path
 
 import yaml
 
+from psychocounsel.cleaning import trim_incomplete
 from psychocounsel.config import GeneratorConfig
-from psychocounsel.generate import assign, response_id, trim_incomplete
+from psychocounsel.generate import assign, response_id
 from psychocounsel.records import Speech
 
 from conftest import write_speeches
 
 
 def _config(tmp: Path, model: Path, speeches: Path, max_tokens: int) -> Path:
-    gen = {"backend": {"spec": f"transformers:{model}", "batch_size": 2, "device": "cpu"},
-           "temperature": 1.0, "max_tokens": max_tokens}
-    cfg = {"ingest": {"input": str(speeches)},
-           "generate": {"k": 2, "seed": 3, "pool": [dict(gen, name="a", system_prompt="be kind"),
-                                                    dict(gen, name="b", temperature=0.7)]}}
+    gen = {
+        "backend": {"spec": f"transformers:{model}", "batch_size": 2, "device": "cpu"},
+        "temperature": 1.0,
+        "max_tokens": max_tokens,
+    }
+    cfg = {
+        "ingest": {"input": str(speeches)},
+        "generate": {
+            "k": 2,
+            "seed": 3,
+            "pool": [dict(gen, name="a", system_prompt="be kind"), dict(gen, name="b", temperature=0.7)],
+        },
+    }
     path = tmp / "cfg.yaml"
     path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
     return path
@@ -91,7 +100,8 @@ def test_sigkill_mid_generate_resumes_to_same_rows(tmp_path, tiny_lm):
     resumed = _rows(killed)
     assert len(resumed) == len({r["id"] for r in resumed}) == len(expected), "duplicated or lost rows"
     key = lambda r: r["id"]  # noqa: E731
-    assert [(r["id"], r["text"]) for r in sorted(resumed, key=key)] == \
-           [(r["id"], r["text"]) for r in sorted(expected, key=key)]
+    assert [(r["id"], r["text"]) for r in sorted(resumed, key=key)] == [
+        (r["id"], r["text"]) for r in sorted(expected, key=key)
+    ]
     stats = json.loads((killed / "run.json").read_text())["stages"]["generate"]
     assert 0 < stats["calls_made"] <= 60 - partial, "the resumed run redid finished work"

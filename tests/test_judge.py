@@ -10,7 +10,6 @@ import math
 import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
-from openai_server import FakeOpenAI, Reply, openai_server, prompt_of  # noqa: F401 (fixture)
 
 from psychocounsel.config import JudgeConfig
 from psychocounsel.errors import UserError
@@ -22,24 +21,32 @@ from psychocounsel.records import Response, Speech
 from psychocounsel.rubric import PAPER_KEYS, Rubric, load_rubric
 from psychocounsel.store import Cache
 
+from openai_server import FakeOpenAI, Reply, openai_server, prompt_of  # noqa: F401 (fixture)
+
 KEYS = list(PAPER_KEYS)
 FULL = {k: float(i % 5 + 1) for i, k in enumerate(KEYS)}  # 1, 2, 3, 4, 5, 1, 2
 
 
 # -- parse_json_scores ------------------------------------------------------------------------
 
-@pytest.mark.parametrize("text, rationale", [
-    (json.dumps({**FULL, "rationale": "Flat."}), "Flat."),
-    (json.dumps({"scores": FULL, "rationale": "Nested."}), "Nested."),
-    (json.dumps({"scores": FULL}), ""),
-    ("```json\n" + json.dumps({"scores": FULL, "rationale": "Fenced."}) + "\n```", "Fenced."),
-    ("```\n" + json.dumps(FULL) + "\n```", ""),
-    ("Here is my rating:\n" + json.dumps({"scores": FULL, "rationale": "x"}) + "\nHope it helps!", "x"),
-    ("I think {this} part is prose. " + json.dumps({"scores": FULL, "rationale": "y"}), "y"),
-    ('{"rationale": "uses } and { and \\"quotes\\"", "scores": ' + json.dumps(FULL) + "}",
-     'uses } and { and "quotes"'),
-    (json.dumps({"scores": FULL, "rationale": ["a", "b"]}), '["a", "b"]'),
-])
+
+@pytest.mark.parametrize(
+    "text, rationale",
+    [
+        (json.dumps({**FULL, "rationale": "Flat."}), "Flat."),
+        (json.dumps({"scores": FULL, "rationale": "Nested."}), "Nested."),
+        (json.dumps({"scores": FULL}), ""),
+        ("```json\n" + json.dumps({"scores": FULL, "rationale": "Fenced."}) + "\n```", "Fenced."),
+        ("```\n" + json.dumps(FULL) + "\n```", ""),
+        ("Here is my rating:\n" + json.dumps({"scores": FULL, "rationale": "x"}) + "\nHope it helps!", "x"),
+        ("I think {this} part is prose. " + json.dumps({"scores": FULL, "rationale": "y"}), "y"),
+        (
+            '{"rationale": "uses } and { and \\"quotes\\"", "scores": ' + json.dumps(FULL) + "}",
+            'uses } and { and "quotes"',
+        ),
+        (json.dumps({"scores": FULL, "rationale": ["a", "b"]}), '["a", "b"]'),
+    ],
+)
 def test_parse_valid_forms(text, rationale):
     assert parse_json_scores(text, KEYS) == (FULL, rationale)
 
@@ -59,30 +66,33 @@ def test_parse_takes_the_first_object_in_a_fence_before_bare_text():
     assert parse_json_scores(text, ["empathy"])[0] == {"empathy": 5.0}
 
 
-@pytest.mark.parametrize("text, message", [
-    ("I would rate this response highly.", "no JSON object found"),
-    ("", "no JSON object found"),
-    ('{"empathy": 4,', "no JSON object found"),
-    ("[1, 2, 3]", "no JSON object found"),
-    ('"just a string"', "no JSON object found"),
-    ('{"scores": [4, 4, 4]}', "'scores' is not an object"),
-    ('{"empathy": 4}', "missing score for 'safety'"),
-    ('{"scores": {"empathy": 4}, "safety": 5}', "missing score for 'safety'"),
-    ('{"empathy": 4, "safety": "high"}', "score for 'safety' is not a number"),
-    ('{"empathy": 4, "safety": null}', "score for 'safety' is not a number"),
-    ('{"empathy": 4, "safety": [5]}', "score for 'safety' is not a number"),
-    ('{"empathy": 4, "safety": true}', "score for 'safety' is not a number"),
-    ('{"empathy": false, "safety": 4}', "score for 'empathy' is not a number"),
-    ('{"empathy": 0, "safety": 4}', "score for 'empathy' is 0.0, outside 1-5"),
-    ('{"empathy": 6, "safety": 4}', "score for 'empathy' is 6.0, outside 1-5"),
-    ('{"empathy": 0.999, "safety": 4}', "outside 1-5"),
-    ('{"empathy": -3, "safety": 4}', "outside 1-5"),
-    ('{"empathy": NaN, "safety": 4}', "score for 'empathy' is nan, outside 1-5"),
-    ('{"empathy": Infinity, "safety": 4}', "score for 'empathy' is inf, outside 1-5"),
-    ('{"empathy": "nan", "safety": 4}', "outside 1-5"),
-    ('{"empathy": "-inf", "safety": 4}', "outside 1-5"),
-    ('{"empathy": 1e999, "safety": 4}', "outside 1-5"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("I would rate this response highly.", "no JSON object found"),
+        ("", "no JSON object found"),
+        ('{"empathy": 4,', "no JSON object found"),
+        ("[1, 2, 3]", "no JSON object found"),
+        ('"just a string"', "no JSON object found"),
+        ('{"scores": [4, 4, 4]}', "'scores' is not an object"),
+        ('{"empathy": 4}', "missing score for 'safety'"),
+        ('{"scores": {"empathy": 4}, "safety": 5}', "missing score for 'safety'"),
+        ('{"empathy": 4, "safety": "high"}', "score for 'safety' is not a number"),
+        ('{"empathy": 4, "safety": null}', "score for 'safety' is not a number"),
+        ('{"empathy": 4, "safety": [5]}', "score for 'safety' is not a number"),
+        ('{"empathy": 4, "safety": true}', "score for 'safety' is not a number"),
+        ('{"empathy": false, "safety": 4}', "score for 'empathy' is not a number"),
+        ('{"empathy": 0, "safety": 4}', "score for 'empathy' is 0.0, outside 1-5"),
+        ('{"empathy": 6, "safety": 4}', "score for 'empathy' is 6.0, outside 1-5"),
+        ('{"empathy": 0.999, "safety": 4}', "outside 1-5"),
+        ('{"empathy": -3, "safety": 4}', "outside 1-5"),
+        ('{"empathy": NaN, "safety": 4}', "score for 'empathy' is nan, outside 1-5"),
+        ('{"empathy": Infinity, "safety": 4}', "score for 'empathy' is inf, outside 1-5"),
+        ('{"empathy": "nan", "safety": 4}', "outside 1-5"),
+        ('{"empathy": "-inf", "safety": 4}', "outside 1-5"),
+        ('{"empathy": 1e999, "safety": 4}', "outside 1-5"),
+    ],
+)
 def test_parse_errors(text, message):
     with pytest.raises(ParseError) as info:
         parse_json_scores(text, ["empathy", "safety"])
@@ -122,18 +132,27 @@ def test_parse_recovers_scores_from_any_surrounding_text(scores, prefix, suffix,
     assert parsed == scores
 
 
-JSONISH = st.lists(st.sampled_from(list('{}[]":,. -+0123456789eEaflnrstu\\') + KEYS + ["scores", "NaN", "Infinity"]),
-                   max_size=80).map("".join)
+JSONISH = st.lists(
+    st.sampled_from(list('{}[]":,. -+0123456789eEaflnrstu\\') + KEYS + ["scores", "NaN", "Infinity"]), max_size=80
+).map("".join)
 JSON_VALUES = st.recursive(
     st.none() | st.booleans() | st.integers(-10, 10) | st.floats(allow_nan=True) | st.text(max_size=5),
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.sampled_from(KEYS + ["scores", "x"]), inner, max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.sampled_from(KEYS + ["scores", "x"]), inner, max_size=8)
+    ),
     max_leaves=20,
 )
 
 
 @settings(max_examples=500, deadline=None)
-@given(st.one_of(st.text(), JSONISH, JSON_VALUES.map(json.dumps),
-                 st.tuples(st.text(max_size=10), JSON_VALUES.map(json.dumps)).map("".join)))
+@given(
+    st.one_of(
+        st.text(),
+        JSONISH,
+        JSON_VALUES.map(json.dumps),
+        st.tuples(st.text(max_size=10), JSON_VALUES.map(json.dumps)).map("".join),
+    )
+)
 def test_parse_never_raises_anything_but_parse_error(text):
     try:
         scores, rationale = parse_json_scores(text, KEYS)
@@ -146,6 +165,7 @@ def test_parse_never_raises_anything_but_parse_error(text):
 
 # -- expected_score ---------------------------------------------------------------------------
 
+
 def test_expected_score_values():
     assert expected_score({"3": 0.0}) == 3.0
     assert expected_score({"1": math.log(0.5), "5": math.log(0.5)}) == pytest.approx(3.0)
@@ -154,13 +174,16 @@ def test_expected_score_values():
     assert expected_score({"5": math.log(0.5), "I": math.log(0.5)}) == pytest.approx(5.0)  # exactly 50% is enough
 
 
-@pytest.mark.parametrize("logprobs, message", [
-    (None, "no logprobs returned"),
-    ({}, "no logprobs returned"),
-    ({"Sure": -0.1, "I": -2.5}, "digits 1-5 hold 0%"),
-    ({"6": -0.1, "0": -3.0}, "digits 1-5 hold 0%"),
-    ({"4": math.log(0.49), "x": math.log(0.51)}, "digits 1-5 hold 49% of the probability (need 50%)"),
-])
+@pytest.mark.parametrize(
+    "logprobs, message",
+    [
+        (None, "no logprobs returned"),
+        ({}, "no logprobs returned"),
+        ({"Sure": -0.1, "I": -2.5}, "digits 1-5 hold 0%"),
+        ({"6": -0.1, "0": -3.0}, "digits 1-5 hold 0%"),
+        ({"4": math.log(0.49), "x": math.log(0.51)}, "digits 1-5 hold 49% of the probability (need 50%)"),
+    ],
+)
 def test_expected_score_errors(logprobs, message):
     with pytest.raises(ParseError, match=message.replace("(", r"\(").replace(")", r"\)")):
         expected_score(logprobs)
@@ -170,8 +193,10 @@ DIGITS = ["1", "2", "3", "4", "5"]
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.dictionaries(st.sampled_from(DIGITS), st.floats(1e-6, 1.0), max_size=5),
-       st.dictionaries(st.sampled_from(["The", "Sure", " ", "6", "0", "10", "four"]), st.floats(1e-6, 1.0), max_size=7))
+@given(
+    st.dictionaries(st.sampled_from(DIGITS), st.floats(1e-6, 1.0), max_size=5),
+    st.dictionaries(st.sampled_from(["The", "Sure", " ", "6", "0", "10", "four"]), st.floats(1e-6, 1.0), max_size=7),
+)
 def test_expected_score_property(digit_weights, junk_weights):
     total = sum(digit_weights.values()) + sum(junk_weights.values())
     assume(total > 0)
@@ -192,8 +217,14 @@ def test_expected_score_property(digit_weights, junk_weights):
 # -- LLMJudge against a server on 127.0.0.1 ---------------------------------------------------
 
 SAD = Speech("s1", "My dog died last week and the house feels empty. I keep expecting to hear her.")
-MULTI = Speech("s2", "It still hurts.", context=[{"role": "client", "content": "My friend moved away."},
-                                                  {"role": "counselor", "content": "How has that been?"}])
+MULTI = Speech(
+    "s2",
+    "It still hurts.",
+    context=[
+        {"role": "client", "content": "My friend moved away."},
+        {"role": "counselor", "content": "How has that been?"},
+    ],
+)
 WARM = Response("r1", "s1", "gen-a", "RESPONSE-ONE: I'm so sorry. What do you miss most about her?", "m")
 COLD = Response("r2", "s2", "gen-b", "RESPONSE-TWO: Just get over it.", "m")
 ITEMS = [(SAD, WARM), (MULTI, COLD)]
@@ -204,8 +235,12 @@ SCORES_BY_RESPONSE = {
 
 
 def json_judge(server: FakeOpenAI, tmp_path, mode: str = "json", retries: int = 2) -> LLMJudge:
-    cfg = JudgeConfig(type="llm", backend={"spec": "openai:judge-model", "base_url": server.url, "max_retries": 0},
-                      mode=mode, retries=retries)
+    cfg = JudgeConfig(
+        type="llm",
+        backend={"spec": "openai:judge-model", "base_url": server.url, "max_retries": 0},
+        mode=mode,
+        retries=retries,
+    )
     judge = build_judge(cfg, load_rubric(), Cache(tmp_path / "cache.sqlite"))
     assert isinstance(judge, LLMJudge)
     return judge
@@ -238,11 +273,15 @@ def test_json_mode_returns_the_server_scores(openai_server, tmp_path):
 def test_json_prompt_holds_rubric_speech_response_and_context(openai_server, tmp_path):
     openai_server.handler = scores_handler
     json_judge(openai_server, tmp_path).rate(ITEMS)
-    prompts = {next(t for t in SCORES_BY_RESPONSE if t in prompt_of(r.body)): prompt_of(r.body)
-               for r in openai_server.requests}
+    prompts = {
+        next(t for t in SCORES_BY_RESPONSE if t in prompt_of(r.body)): prompt_of(r.body) for r in openai_server.requests
+    }
     one, two = prompts["RESPONSE-ONE"], prompts["RESPONSE-TWO"]
     assert SAD.text in one and WARM.text in one and "<earlier_in_session>" not in one
-    assert "<earlier_in_session>\nClient: My friend moved away.\nCounselor: How has that been?\n</earlier_in_session>" in two
+    assert (
+        "<earlier_in_session>\nClient: My friend moved away.\nCounselor: How has that been?\n</earlier_in_session>"
+        in two
+    )
     for p in load_rubric().principles:
         assert f"- {p.key} ({p.name}):" in one
     assert '"scores": {"empathy": <1-5>, "relevance": <1-5>' in one
@@ -302,7 +341,8 @@ def test_json_mode_http_error_is_a_failed_rating(openai_server, tmp_path):
     judge = json_judge(openai_server, tmp_path)
     [rating] = judge.rate([(SAD, WARM)])
     assert rating.failed and rating.scores == {}
-    assert "HTTP 400: context too long" in rating.error and "after 3 attempts" in rating.error
+    # The status and the attempts, never the server's body text (it may echo the client's speech).
+    assert rating.error == "HTTP 400 (after 3 attempts)" and "context too long" not in rating.error
     assert len(openai_server.requests) == 3
     judge.rate([(SAD, WARM)])
     assert len(openai_server.requests) == 6  # errors are not cached: a rerun asks again
@@ -322,7 +362,8 @@ def test_json_mode_second_rate_is_served_from_the_cache(openai_server, tmp_path)
     assert judge.calls_made == 3 and judge.calls_cached == 3
 
     # A new judge on the same cache file (a rerun of the stage) is served from disk too.
-    judge.cache.close()
+    judge.close()
+    judge.backend.cache.close()  # the judge's backend is the CachedBackend around the HTTP backend
     fresh = json_judge(openai_server, tmp_path)
     assert [r.scores for r in fresh.rate(ITEMS)] == [r.scores for r in first]
     assert len(openai_server.requests) == sent
@@ -338,8 +379,15 @@ DISTRIBUTIONS = {
     "autonomy": {"3": 0.7, " 3": 0.2, "4": 0.1},  # " 3" strips to "3" and the larger is kept: 3.125
     "staging": {"5": 0.99, "x": 0.01},  # 5.0
 }
-EXPECTED = {"empathy": 4.5, "relevance": 4.0, "clarity": 3.0, "safety": 2.375, "exploration": 1.1,
-            "autonomy": 3.125, "staging": 5.0}
+EXPECTED = {
+    "empathy": 4.5,
+    "relevance": 4.0,
+    "clarity": 3.0,
+    "safety": 2.375,
+    "exploration": 1.1,
+    "autonomy": 3.125,
+    "staging": 5.0,
+}
 
 
 def logprob_handler(distributions):
@@ -350,6 +398,7 @@ def logprob_handler(distributions):
         dist = distributions[key]
         best = max(dist, key=dist.get)
         return Reply.ok(best, logprobs=[(t, math.log(p)) for t, p in sorted(dist.items(), key=lambda x: -x[1])])
+
     return handler
 
 
@@ -386,11 +435,20 @@ def test_logprob_mode_server_without_logprobs(openai_server, tmp_path):
 
 # -- MiniLMJudge ------------------------------------------------------------------------------
 
-GRIEF = Speech("g1", "My mother died last month and I can't stop crying. I feel so alone at night "
-                     "and I don't know how to get through the days anymore.")
-KIND = Response("k1", "g1", "gen-a", "I'm so sorry about your mother. Losing her so recently, it makes sense "
-                "that you feel alone and that the nights are the hardest. What has helped you, even a little, "
-                "on the days since she died? How are you sleeping?", "m")
+GRIEF = Speech(
+    "g1",
+    "My mother died last month and I can't stop crying. I feel so alone at night "
+    "and I don't know how to get through the days anymore.",
+)
+KIND = Response(
+    "k1",
+    "g1",
+    "gen-a",
+    "I'm so sorry about your mother. Losing her so recently, it makes sense "
+    "that you feel alone and that the nights are the hardest. What has helped you, even a little, "
+    "on the days since she died? How are you sleeping?",
+    "m",
+)
 CURT = Response("c1", "g1", "gen-b", "Just get over it. Everyone has problems.", "m")
 EMPTY = Response("e1", "g1", "gen-c", "", "m")
 BLANK = Response("b1", "g1", "gen-c", "  \n ", "m")
@@ -448,14 +506,23 @@ def test_minilm_progress_counts_failed_items(minilm):
 
 
 def test_minilm_refuses_principles_without_exemplars():
-    rubric = Rubric.model_validate({"principles": [{"key": "humour", "name": "Humour", "definition": "Funny.",
-                                                    "anchors": {1: "a", 3: "b", 5: "c"}}]})
+    rubric = Rubric.model_validate(
+        {
+            "principles": [
+                {"key": "humour", "name": "Humour", "definition": "Funny.", "anchors": {1: "a", 3: "b", 5: "c"}}
+            ]
+        }
+    )
     with pytest.raises(UserError, match=r"no exemplars for principles \['humour'\]"):
         MiniLMJudge(rubric)
 
 
 def test_split_sentences():
-    assert split_sentences("I hear you. What happened next?\nTake care!") == ["I hear you.", "What happened next?", "Take care!"]
+    assert split_sentences("I hear you. What happened next?\nTake care!") == [
+        "I hear you.",
+        "What happened next?",
+        "Take care!",
+    ]
     assert split_sentences("One.  Two!\n\n  Three") == ["One.", "Two!", "Three"]
     assert split_sentences("Mr.Smith said hi") == ["Mr.Smith said hi"]  # no space after the stop: one sentence
     assert split_sentences("") == [] and split_sentences(" \n ") == []

@@ -15,8 +15,10 @@ from psychocounsel.evaluate.judge_eval import assign_positions, evaluate_judge, 
 from psychocounsel.judge.pairwise import Verdict
 
 N = 20
-FORM_A = [{"question": f"I feel lost, day {i}.", "chosen": f"GOOD {i}: tell me more.", "rejected": f"BAD {i}: cheer up."}
-          for i in range(N)]
+FORM_A = [
+    {"question": f"I feel lost, day {i}.", "chosen": f"GOOD {i}: tell me more.", "rejected": f"BAD {i}: cheer up."}
+    for i in range(N)
+]
 
 
 def write(path, rows):
@@ -50,8 +52,7 @@ class Perfect:
     def compare(self, items):
         self.seen.extend(items)
         rank = lambda text: text.startswith("GOOD")  # noqa: E731
-        return [Verdict("A" if rank(it.a) > rank(it.b) else "B" if rank(it.b) > rank(it.a) else "tie")
-                for it in items]
+        return [Verdict("A" if rank(it.a) > rank(it.b) else "B" if rank(it.b) > rank(it.a) else "tie") for it in items]
 
 
 class FailsOn(Perfect):
@@ -65,26 +66,36 @@ class FailsOn(Perfect):
 
     def compare(self, items):
         verdicts = super().compare(items)
-        return [Verdict.failure("no JSON object found", "junk") if self.word in it.speech.text and it.id.endswith(":ba")
-                else v for it, v in zip(items, verdicts)]
+        return [
+            Verdict.failure("no JSON object found", "junk")
+            if self.word in it.speech.text and it.id.endswith(":ba")
+            else v
+            for it, v in zip(items, verdicts)
+        ]
 
 
 @pytest.mark.parametrize("suffix", [".jsonl", ".csv", ".parquet"])
 def test_load_form_a_from_every_format(tmp_path, suffix):
     rows = load_labelled_pairs(write(tmp_path / f"pairs{suffix}", FORM_A))
-    assert rows[3] == {"prompt": "I feel lost, day 3.", "chosen": "GOOD 3: tell me more.", "rejected": "BAD 3: cheer up."}
+    assert rows[3] == {
+        "prompt": "I feel lost, day 3.",
+        "chosen": "GOOD 3: tell me more.",
+        "rejected": "BAD 3: cheer up.",
+    }
     assert len(rows) == N
 
 
 def test_form_a_puts_chosen_first_in_a_seeded_half():
-    placed = assign_positions([{"prompt": r["question"], "chosen": r["chosen"], "rejected": r["rejected"]}
-                               for r in FORM_A], seed=3)
+    placed = assign_positions(
+        [{"prompt": r["question"], "chosen": r["chosen"], "rejected": r["rejected"]} for r in FORM_A], seed=3
+    )
     assert [p["label"] for p in placed].count("A") == N // 2
     for p in placed:
         good = p["response_a"] if p["label"] == "A" else p["response_b"]
         assert good.startswith("GOOD")
-    assert placed != assign_positions([{"prompt": r["question"], "chosen": r["chosen"], "rejected": r["rejected"]}
-                                       for r in FORM_A], seed=4)
+    assert placed != assign_positions(
+        [{"prompt": r["question"], "chosen": r["chosen"], "rejected": r["rejected"]} for r in FORM_A], seed=4
+    )
 
 
 def test_always_a_judge_is_never_position_consistent_and_only_ties(tmp_path):
@@ -140,14 +151,20 @@ def test_failed_pairs_are_listed_and_left_out(tmp_path):
     assert everything["n"] == 0 and everything["failed"] == N and everything["accuracy"] is None
 
 
-@pytest.mark.parametrize("rows, message", [
-    ([{"question": "q", "chosen": "x"}], "lacks column(s) rejected; columns present: question, chosen"),
-    ([{"chosen": "x", "rejected": "y"}], "lacks column(s) question (or prompt)"),
-    ([{"prompt": "q", "response_a": "x", "response_b": "y"}], "lacks column(s) label; columns present: prompt"),
-    ([{"response_a": "x", "label": "A"}], "lacks column(s) response_b, question (or prompt)"),
-    ([{"prompt": "q", "response_a": "x", "response_b": "y", "label": "first"}], "row 1 label 'first' is not A, B or tie"),
-    ([{"prompt": "q", "response_a": "", "response_b": "y", "label": "A"}], "row 1 'response_a' is empty"),
-])
+@pytest.mark.parametrize(
+    "rows, message",
+    [
+        ([{"question": "q", "chosen": "x"}], "lacks column(s) rejected; columns present: question, chosen"),
+        ([{"chosen": "x", "rejected": "y"}], "lacks column(s) question (or prompt)"),
+        ([{"prompt": "q", "response_a": "x", "response_b": "y"}], "lacks column(s) label; columns present: prompt"),
+        ([{"response_a": "x", "label": "A"}], "lacks column(s) response_b, question (or prompt)"),
+        (
+            [{"prompt": "q", "response_a": "x", "response_b": "y", "label": "first"}],
+            "row 1 label 'first' is not A, B or tie",
+        ),
+        ([{"prompt": "q", "response_a": "", "response_b": "y", "label": "A"}], "row 1 'response_a' is empty"),
+    ],
+)
 def test_bad_files_are_user_errors_naming_the_problem(tmp_path, rows, message):
     path = write(tmp_path / "bad.jsonl", rows)
     with pytest.raises(UserError) as info:
@@ -166,11 +183,17 @@ def test_missing_and_empty_files(tmp_path):
 
 
 def test_conversational_prompts_become_speeches_with_context(tmp_path):
-    prompt = [{"role": "system", "content": "be kind"}, {"role": "user", "content": "hi"},
-              {"role": "assistant", "content": "hello"}, {"role": "user", "content": "I feel low"}]
+    prompt = [
+        {"role": "system", "content": "be kind"},
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "hello"},
+        {"role": "user", "content": "I feel low"},
+    ]
     judge = Perfect()
-    evaluate_judge(judge, load_labelled_pairs(write(tmp_path / "c.jsonl", [
-        {"prompt": prompt, "chosen": "GOOD", "rejected": "BAD"}])))
+    evaluate_judge(
+        judge,
+        load_labelled_pairs(write(tmp_path / "c.jsonl", [{"prompt": prompt, "chosen": "GOOD", "rejected": "BAD"}])),
+    )
     speech = judge.seen[0].speech
     assert speech.text == "I feel low" and speech.context_lines() == ["Client: hi", "Counselor: hello"]
 
@@ -178,10 +201,10 @@ def test_conversational_prompts_become_speeches_with_context(tmp_path):
 def test_eval_judge_command_against_an_openai_compatible_server(tmp_path, monkeypatch):
     """The whole command: a judge served over HTTP on 127.0.0.1 that prefers the GOOD reply
     wherever it stands; its verdicts are cached, so a rerun makes no calls."""
-    from openai_server import FakeOpenAI, Reply
-
     from psychocounsel.cli import main
     from psychocounsel.rubric import PAPER_KEYS
+
+    from openai_server import FakeOpenAI, Reply
 
     def judge(body):
         prompt = body["messages"][-1]["content"]
@@ -193,11 +216,26 @@ def test_eval_judge_command_against_an_openai_compatible_server(tmp_path, monkey
     data = write(tmp_path / "pairs.jsonl", FORM_A[:6])
     with FakeOpenAI() as server:
         server.handler = judge
-        args = ["eval-judge", "--judge", "openai:judge-model", "--judge-base-url", server.url, "--data", str(data),
-                "--out", str(tmp_path / "judge.json"), "-q"]
+        args = [
+            "eval-judge",
+            "--judge",
+            "openai:judge-model",
+            "--judge-base-url",
+            server.url,
+            "--data",
+            str(data),
+            "--out",
+            str(tmp_path / "judge.json"),
+            "-q",
+        ]
         assert main(args) == 0
         report = json.loads((tmp_path / "judge.json").read_text())
-        assert (report["n"], report["accuracy"], report["cohen_kappa"], report["position_consistency"]) == (6, 1.0, 1.0, 1.0)
+        assert (report["n"], report["accuracy"], report["cohen_kappa"], report["position_consistency"]) == (
+            6,
+            1.0,
+            1.0,
+            1.0,
+        )
         calls = len(server.requests)
         assert calls == 12  # 6 pairs x 2 orders
         assert main(args) == 0 and len(server.requests) == calls

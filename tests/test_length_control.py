@@ -8,7 +8,7 @@ import pytest
 from psychocounsel.evaluate.length_control import fit_length_glm, lc_win_rate, length_feature
 
 TRUE_LC = 0.35
-TRUE_B0 = float(np.log(TRUE_LC / (1 - TRUE_LC)))   # logit(0.35) = -0.619
+TRUE_B0 = float(np.log(TRUE_LC / (1 - TRUE_LC)))  # logit(0.35) = -0.619
 TRUE_B1 = 1.5
 
 
@@ -54,8 +54,7 @@ def test_soft_labels_equal_split_hard_labels():
     len_policy, len_reference = _lengths(rng, 200, 30.0)
     outcomes = rng.choice([0.0, 0.5, 1.0], size=200, p=[0.3, 0.3, 0.4])
     soft = fit_length_glm(outcomes, len_policy, len_reference)
-    hard_outcomes = np.concatenate([np.where(outcomes == 0.5, 1.0, outcomes),
-                                    np.where(outcomes == 0.5, 0.0, outcomes)])
+    hard_outcomes = np.concatenate([np.where(outcomes == 0.5, 1.0, outcomes), np.where(outcomes == 0.5, 0.0, outcomes)])
     hard = fit_length_glm(hard_outcomes, np.tile(len_policy, 2), np.tile(len_reference, 2))
     for key in ("intercept", "length_coef", "lc_win_rate", "length_std"):
         assert soft[key] == pytest.approx(hard[key], abs=1e-9)
@@ -74,7 +73,7 @@ def test_separable_data_converges_to_finite_coefficients(threshold):
     outcomes = (len_policy - len_reference > threshold).astype(float)
     fit = fit_length_glm(outcomes, len_policy, len_reference)
     assert np.isfinite(fit["intercept"]) and np.isfinite(fit["length_coef"])
-    assert fit["length_coef"] > 5   # length explains everything; only the penalty stops it
+    assert fit["length_coef"] > 5  # length explains everything; only the penalty stops it
 
 
 def test_constant_length_difference_gives_raw_win_rate():
@@ -96,13 +95,16 @@ def test_single_item():
     assert lc_win_rate([0.5], [100], [80]) == pytest.approx(0.5, abs=1e-12)
 
 
-@pytest.mark.parametrize("args, match", [
-    (([], [], []), "at least one outcome"),
-    (([1, 0], [1, 2, 3], [1, 2]), "mismatched lengths"),
-    (([1.5], [1], [1]), r"in \[0, 1\]"),
-    (([np.nan], [1], [1]), r"in \[0, 1\]"),
-    (([1], [np.inf], [1]), "finite"),
-])
+@pytest.mark.parametrize(
+    "args, match",
+    [
+        (([], [], []), "at least one outcome"),
+        (([1, 0], [1, 2, 3], [1, 2]), "mismatched lengths"),
+        (([1.5], [1], [1]), r"in \[0, 1\]"),
+        (([np.nan], [1], [1]), r"in \[0, 1\]"),
+        (([1], [np.inf], [1]), "finite"),
+    ],
+)
 def test_bad_input_is_a_clear_error(args, match):
     with pytest.raises(ValueError, match=match):
         lc_win_rate(*args)

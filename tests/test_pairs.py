@@ -15,18 +15,20 @@ from hypothesis import strategies as st
 from psychocounsel import cli, pairs
 from psychocounsel.config import PairsConfig
 from psychocounsel.errors import UserError
-from psychocounsel.pairs import Scored, as_question, rating_int, split_speeches, test_pair, train_pairs
+from psychocounsel.pairs import Scored, as_question, best_worst_pair, rating_int, split_speeches, train_pairs
 from psychocounsel.records import Rating, Response, Speech
 from psychocounsel.rubric import DEFAULT_RUBRIC, PAPER_KEYS
 from psychocounsel.store import RunDir, append_jsonl, read_jsonl, write_json
 
-test_pair.__test__ = False  # pairs.test_pair is the function under test, not a pytest test
+best_worst_pair.__test__ = False  # pairs.best_worst_pair is the function under test, not a pytest test
 
 JUDGE = "judge-key-1"
-COLUMNS = (["ID", "prefID", "question", "chosen", "rejected", "chosen_model", "rejected_model"]
-           + [f"chosen_{k}_rating" for k in PAPER_KEYS]
-           + [f"rejected_{k}_rating" for k in PAPER_KEYS]
-           + ["chosen_score", "rejected_score", "margin"])
+COLUMNS = (
+    ["ID", "prefID", "question", "chosen", "rejected", "chosen_model", "rejected_model"]
+    + [f"chosen_{k}_rating" for k in PAPER_KEYS]
+    + [f"rejected_{k}_rating" for k in PAPER_KEYS]
+    + ["chosen_score", "rejected_score", "margin"]
+)
 
 
 def scored(rid: str, score: float, sid: str = "s1") -> Scored:
@@ -39,6 +41,7 @@ def ids(pairs_: list[tuple[Scored, Scored]]) -> set[tuple[str, str]]:
 
 
 # -- train_pairs ------------------------------------------------------------------------------
+
 
 def test_train_pairs_gap_at_exactly_min_gap_is_kept_and_just_below_dropped():
     group = [scored("a", 4.0), scored("b", 3.0), scored("c", 3.0000001), scored("d", 2.0)]
@@ -77,8 +80,10 @@ def test_train_pairs_custom_min_gap():
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(st.integers(4, 20).map(lambda q: q / 4), min_size=0, max_size=7),
-       st.sampled_from([0.0, 0.25, 0.5, 1.0, 1.5, 2.0]))
+@given(
+    st.lists(st.integers(4, 20).map(lambda q: q / 4), min_size=0, max_size=7),
+    st.sampled_from([0.0, 0.25, 0.5, 1.0, 1.5, 2.0]),
+)
 def test_train_pairs_is_every_qualifying_combination(scores, gap):
     group = [scored(f"r{i}", s) for i, s in enumerate(scores)]
     expected = set()
@@ -91,30 +96,31 @@ def test_train_pairs_is_every_qualifying_combination(scores, gap):
     assert all(hi.score > lo.score for hi, lo in out)
 
 
-# -- test_pair --------------------------------------------------------------------------------
+# -- best_worst_pair --------------------------------------------------------------------------------
+
 
 def test_test_pair_is_best_against_worst():
     group = [scored("a", 3.0), scored("b", 4.5), scored("c", 1.5), scored("d", 2.0)]
-    hi, lo = test_pair(group)
+    hi, lo = best_worst_pair(group)
     assert (hi.response.id, lo.response.id) == ("b", "c")
 
 
 def test_test_pair_none_when_all_equal_or_single():
-    assert test_pair([scored("a", 3.0), scored("b", 3.0), scored("c", 3.0)]) is None
-    assert test_pair([scored("a", 4.0)]) is None
-    assert test_pair([]) is None
+    assert best_worst_pair([scored("a", 3.0), scored("b", 3.0), scored("c", 3.0)]) is None
+    assert best_worst_pair([scored("a", 4.0)]) is None
+    assert best_worst_pair([]) is None
 
 
 def test_test_pair_breaks_ties_by_response_id_whatever_the_order():
     group = [scored("r2", 5.0), scored("r4", 1.0), scored("r1", 5.0), scored("r3", 1.0)]
     for perm in itertools.permutations(group):
-        hi, lo = test_pair(list(perm))
+        hi, lo = best_worst_pair(list(perm))
         # The best ranks first by (-score, id); the worst is last in that order.
         assert (hi.response.id, lo.response.id) == ("r1", "r4")
 
 
 def test_test_pair_small_gap_is_still_a_pair():
-    hi, lo = test_pair([scored("a", 3.1), scored("b", 3.0)])
+    hi, lo = best_worst_pair([scored("a", 3.1), scored("b", 3.0)])
     assert (hi.response.id, lo.response.id) == ("a", "b")
 
 
@@ -131,12 +137,19 @@ def test_split_is_deterministic_and_seed_dependent():
     assert len({frozenset(split_speeches(SPEECH_IDS, 0.3, seed)) for seed in range(5)}) == 5
 
 
-@pytest.mark.parametrize("n, fraction, n_test", [
-    (20, 0.1, 2), (20, 0.25, 5), (10, 0.5, 5), (10, 0.0, 0),
-    (2, 0.01, 1),  # at least one test speech ...
-    (2, 0.9, 1),  # ... and at least one train speech
-    (5, 0.99, 4), (1, 0.5, 0),
-])
+@pytest.mark.parametrize(
+    "n, fraction, n_test",
+    [
+        (20, 0.1, 2),
+        (20, 0.25, 5),
+        (10, 0.5, 5),
+        (10, 0.0, 0),
+        (2, 0.01, 1),  # at least one test speech ...
+        (2, 0.9, 1),  # ... and at least one train speech
+        (5, 0.99, 4),
+        (1, 0.5, 0),
+    ],
+)
 def test_split_fraction(n, fraction, n_test):
     test_ids = split_speeches(SPEECH_IDS[:n], fraction, seed=3)
     assert len(test_ids) == n_test
@@ -144,8 +157,7 @@ def test_split_fraction(n, fraction, n_test):
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.sets(st.text("abcdef0123", min_size=1, max_size=4), max_size=30),
-       st.floats(0, 0.99), st.integers(0, 2**32))
+@given(st.sets(st.text("abcdef0123", min_size=1, max_size=4), max_size=30), st.floats(0, 0.99), st.integers(0, 2**32))
 def test_split_properties(speech_ids, fraction, seed):
     ids_ = list(speech_ids)
     test_ids = split_speeches(ids_, fraction, seed)
@@ -160,10 +172,22 @@ def test_split_properties(speech_ids, fraction, seed):
 
 # -- rating_int, as_question ------------------------------------------------------------------
 
-@pytest.mark.parametrize("score, expected", [
-    (1.0, 1), (1.49, 1), (1.5, 2), (2.5, 3), (3.5, 4), (4.4999, 4), (4.5, 5), (5.0, 5),
-    (0.2, 1), (5.7, 5),  # clamped into 1-5
-])
+
+@pytest.mark.parametrize(
+    "score, expected",
+    [
+        (1.0, 1),
+        (1.49, 1),
+        (1.5, 2),
+        (2.5, 3),
+        (3.5, 4),
+        (4.4999, 4),
+        (4.5, 5),
+        (5.0, 5),
+        (0.2, 1),
+        (5.7, 5),  # clamped into 1-5
+    ],
+)
 def test_rating_int(score, expected):
     assert rating_int(score) == expected
     assert isinstance(rating_int(score), int)
@@ -174,12 +198,16 @@ def test_as_question_single_turn_is_the_text():
 
 
 def test_as_question_multi_turn_is_a_transcript():
-    speech = Speech("s", "It got worse this week.", context=[
-        {"role": "client", "content": "I can't sleep."},
-        {"role": "counselor", "content": "How long has this been going on?"},
-        {"role": "user", "content": "About a month."},
-        {"role": "assistant", "content": "That is a long time."},
-    ])
+    speech = Speech(
+        "s",
+        "It got worse this week.",
+        context=[
+            {"role": "client", "content": "I can't sleep."},
+            {"role": "counselor", "content": "How long has this been going on?"},
+            {"role": "user", "content": "About a month."},
+            {"role": "assistant", "content": "That is a long time."},
+        ],
+    )
     assert as_question(speech) == (
         "Client: I can't sleep.\n\nCounselor: How long has this been going on?\n\n"
         "Client: About a month.\n\nCounselor: That is a long time.\n\nClient: It got worse this week."
@@ -217,10 +245,13 @@ def rid(sid: str, gen: str) -> str:
 def write_run(root, scores=SCORES, judge=JUDGE) -> RunDir:
     """A run directory as ingest, generate and rate would leave it."""
     rundir = RunDir(root)
-    append_jsonl(rundir.speeches, [
-        Speech(sid, f"Speech {sid}: I have been struggling.", context=CONTEXT if sid == "s3" else []).to_dict()
-        for sid in scores
-    ])
+    append_jsonl(
+        rundir.speeches,
+        [
+            Speech(sid, f"Speech {sid}: I have been struggling.", context=CONTEXT if sid == "s3" else []).to_dict()
+            for sid in scores
+        ],
+    )
     responses, ratings = [], []
     for sid, by_gen in scores.items():
         for gen, score in by_gen.items():
@@ -241,10 +272,15 @@ def add_other_judge(rundir: RunDir) -> None:
     """Ratings by another judge (or an older rubric) that pairs must ignore: they would reverse
     s4's pair, add a scored response to s5, and rescue s0's failed response."""
     append_jsonl(rundir.responses, [Response(rid("s5", "c"), "s5", "gen-c", "Reply c to s5.", "m").to_dict()])
-    other = [(rid("s4", "a"), "s4", 5.0), (rid("s4", "b"), "s4", 1.0), (rid("s5", "c"), "s5", 5.0),
-             (rid("s0", "d"), "s0", 5.0)]
-    append_jsonl(rundir.ratings, [Rating(r, s, "other-judge", scores={k: v for k in PAPER_KEYS}).to_dict()
-                                  for r, s, v in other])
+    other = [
+        (rid("s4", "a"), "s4", 5.0),
+        (rid("s4", "b"), "s4", 1.0),
+        (rid("s5", "c"), "s5", 5.0),
+        (rid("s0", "d"), "s0", 5.0),
+    ]
+    append_jsonl(
+        rundir.ratings, [Rating(r, s, "other-judge", scores={k: v for k in PAPER_KEYS}).to_dict() for r, s, v in other]
+    )
 
 
 @pytest.fixture
@@ -281,8 +317,9 @@ def test_run_pairs_follow_the_rules_split_by_speech(built):
     assert {r["ID"] for r in train} <= set(SCORES) - test_ids
     assert {r["ID"] for r in test} <= test_ids
 
-    expected_train = {(sid, rid(sid, hi), rid(sid, lo)) for sid in SCORES if sid not in test_ids
-                      for hi, lo in TRAIN[sid]}
+    expected_train = {
+        (sid, rid(sid, hi), rid(sid, lo)) for sid in SCORES if sid not in test_ids for hi, lo in TRAIN[sid]
+    }
     assert sorted((r["ID"], *response_ids(r)) for r in train) == sorted(expected_train)
     expected_test = {(sid, rid(sid, TEST[sid][0]), rid(sid, TEST[sid][1])) for sid in test_ids if TEST[sid]}
     assert sorted((r["ID"], *response_ids(r)) for r in test) == sorted(expected_test)
@@ -308,8 +345,9 @@ def test_run_row_values(built):
         assert row["chosen_model"] == "gen-" + row["chosen"].split()[1]
         assert row["prefID"].startswith("p-") and len(row["prefID"]) == 14
         if sid == "s3":
-            assert row["question"] == ("Client: We split up.\n\nCounselor: How are you?\n\n"
-                                       "Client: Speech s3: I have been struggling.")
+            assert row["question"] == (
+                "Client: We split up.\n\nCounselor: How are you?\n\nClient: Speech s3: I have been struggling."
+            )
         else:
             assert row["question"] == f"Speech {sid}: I have been struggling."
     all_rows = read_split(rundir, "train").to_pylist() + read_split(rundir, "test").to_pylist()
@@ -357,17 +395,20 @@ def test_run_is_reproducible(tmp_path):
 def test_run_min_gap_zero_pairs_every_unequal_two(tmp_path):
     rundir = write_run(tmp_path / "run")
     stats = pairs.run(PairsConfig(min_gap=0.0, test_fraction=0.0), rundir)
-    expected = sum(1 for g in SCORES.values() for x, y in itertools.combinations([v for v in g.values() if v], 2)
-                   if x != y)
+    expected = sum(
+        1 for g in SCORES.values() for x, y in itertools.combinations([v for v in g.values() if v], 2) if x != y
+    )
     assert stats["train_pairs"] == expected and stats["test_pairs"] == 0
     assert read_split(rundir, "test").num_rows == 0
     assert read_split(rundir, "test").column_names == COLUMNS
 
 
-def test_run_judge_argument_overrides_run_json(tmp_path):
+def test_run_reads_the_judge_recorded_in_run_json(tmp_path):
+    # pairs.run no longer takes a judge argument: the rate stage's judge in run.json decides.
     rundir = write_run(tmp_path / "run")
     add_other_judge(rundir)
-    stats = pairs.run(PairsConfig(test_fraction=0.0), rundir, judge="other-judge")
+    write_json(rundir.run_json, {"stages": {"rate": {"judge": "other-judge"}}})
+    stats = pairs.run(PairsConfig(test_fraction=0.0), rundir)
     assert stats["items_in"] == 4 and stats["failed"] == 0
     rows = read_jsonl(rundir.pairs / "train.jsonl")
     assert {response_ids(r) for r in rows} == {(rid("s4", "a"), rid("s4", "b"))}
@@ -384,6 +425,7 @@ def test_run_without_a_rate_stage_is_a_user_error(tmp_path):
 
 
 # -- weights ----------------------------------------------------------------------------------
+
 
 def weighted_rubric(tmp_path, weights: dict[str, float]):
     data = yaml.safe_load(DEFAULT_RUBRIC.read_text(encoding="utf-8"))
@@ -422,7 +464,10 @@ def test_weights_decide_the_min_gap(tmp_path):
     y = {k: 1.0 if k == "empathy" else 3.0 for k in PAPER_KEYS}
     rundir = write_run(tmp_path / "run", scores={"s0": {"x": x, "y": y}})
     cfg = PairsConfig(min_gap=1.0, test_fraction=0.0)
-    assert pairs.run(cfg, rundir)["train_pairs"] == 0
+    with pytest.raises(UserError, match="no train pair"):
+        pairs.run(cfg, rundir)
+    assert not rundir.pairs.exists()  # nothing written
+    assert pairs.run(cfg, rundir, force=True)["train_pairs"] == 0
     only_empathy = weighted_rubric(tmp_path, {k: 0 for k in PAPER_KEYS if k != "empathy"})
     assert pairs.run(cfg, rundir, rubric_path=only_empathy)["train_pairs"] == 1
 
@@ -435,6 +480,7 @@ def test_rating_missing_a_rubric_key_counts_as_failed(tmp_path):
 
 
 # -- CLI overrides ----------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("option", [["--min-gap", "-1"], ["--test-fraction", "-0.5"], ["--test-fraction", "1.5"]])
 def test_cli_rejects_out_of_range_pairs_options(tmp_path, capsys, option):

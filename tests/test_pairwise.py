@@ -8,16 +8,27 @@ import json
 import math
 
 import pytest
-from openai_server import FakeOpenAI, Reply, openai_server, prompt_of  # noqa: F401 (fixture)
+from pydantic import ValidationError
 
-from psychocounsel.config import BackendConfig
+from psychocounsel.backends import load_backend
+from psychocounsel.config import BackendConfig, WinrateJudgeConfig
 from psychocounsel.errors import UserError
-from psychocounsel.judge.pairwise import (Comparison, LLMPairwiseJudge, PanelJudge, RewardModelJudge, Verdict,
-                                          build_panel, build_pairwise_judge, majority)
+from psychocounsel.judge import build_judge
+from psychocounsel.judge.pairwise import (
+    Comparison,
+    LLMPairwiseJudge,
+    PanelJudge,
+    RaterJudge,
+    RewardModelJudge,
+    Verdict,
+    majority,
+)
 from psychocounsel.judge.parse import ParseError, letter_preference, parse_choice, parse_json_comparison
 from psychocounsel.records import Speech
 from psychocounsel.rubric import PAPER_KEYS, load_rubric
 from psychocounsel.store import Cache
+
+from openai_server import FakeOpenAI, Reply, openai_server, prompt_of  # noqa: F401 (fixture)
 
 KEYS = list(PAPER_KEYS)
 FLIP = {"A": "B", "B": "A", "tie": "tie"}
@@ -25,27 +36,45 @@ FLIP = {"A": "B", "B": "A", "tie": "tie"}
 
 # -- parse_json_comparison --------------------------------------------------------------------
 
+
 def flat(overall="A", **over):
     return {**{k: "A" for k in KEYS}, **over, "overall": overall}
 
 
-@pytest.mark.parametrize("text, verdicts, rationale", [
-    (json.dumps({**flat(), "rationale": "Warmer."}), flat(), "Warmer."),
-    (json.dumps({"verdicts": flat("B"), "rationale": "Nested."}), flat("B"), "Nested."),
-    (json.dumps({"verdicts": {k: "A" for k in KEYS}, "overall": "tie"}), flat("tie"), ""),
-    ("```json\n" + json.dumps(flat(safety="B")) + "\n```", flat(safety="B"), ""),
-    ("My verdict:\n" + json.dumps(flat(empathy="tie")) + "\nThanks!", flat(empathy="tie"), ""),
-    (json.dumps({**flat(), "rationale": {"why": 1}}), flat(), '{"why": 1}'),
-])
+@pytest.mark.parametrize(
+    "text, verdicts, rationale",
+    [
+        (json.dumps({**flat(), "rationale": "Warmer."}), flat(), "Warmer."),
+        (json.dumps({"verdicts": flat("B"), "rationale": "Nested."}), flat("B"), "Nested."),
+        (json.dumps({"verdicts": {k: "A" for k in KEYS}, "overall": "tie"}), flat("tie"), ""),
+        ("```json\n" + json.dumps(flat(safety="B")) + "\n```", flat(safety="B"), ""),
+        ("My verdict:\n" + json.dumps(flat(empathy="tie")) + "\nThanks!", flat(empathy="tie"), ""),
+        (json.dumps({**flat(), "rationale": {"why": 1}}), flat(), '{"why": 1}'),
+    ],
+)
 def test_parse_comparison_valid_forms(text, verdicts, rationale):
     assert parse_json_comparison(text, KEYS) == (verdicts, rationale)
 
 
-@pytest.mark.parametrize("value, expected", [
-    ("A", "A"), ("a", "A"), (" B ", "B"), ("Response A", "A"), ("response b", "B"), ("RESPONSE_A", "A"),
-    ("tie", "tie"), ("Tie", "tie"), ("equal", "tie"), ("Equally good", "tie"), ('"B"', "B"), ("A.", "A"),
-    ("**B**", "B"), ("draw", "tie"),
-])
+@pytest.mark.parametrize(
+    "value, expected",
+    [
+        ("A", "A"),
+        ("a", "A"),
+        (" B ", "B"),
+        ("Response A", "A"),
+        ("response b", "B"),
+        ("RESPONSE_A", "A"),
+        ("tie", "tie"),
+        ("Tie", "tie"),
+        ("equal", "tie"),
+        ("Equally good", "tie"),
+        ('"B"', "B"),
+        ("A.", "A"),
+        ("**B**", "B"),
+        ("draw", "tie"),
+    ],
+)
 def test_parse_choice_variants(value, expected):
     assert parse_choice(value) == expected
 
@@ -61,18 +90,21 @@ def test_parse_comparison_ignores_unasked_keys_and_dedupes_overall():
     assert parse_json_comparison(text, ["empathy", "overall"]) == ({"empathy": "B", "overall": "B"}, "")
 
 
-@pytest.mark.parametrize("text, message", [
-    ("Response A is better.", "no JSON object found"),
-    ("", "no JSON object found"),
-    ('{"empathy": "A",', "no JSON object found"),
-    (json.dumps({"verdicts": ["A", "B"]}), "'verdicts' is not an object"),
-    (json.dumps({k: "A" for k in KEYS}), "missing verdict for 'overall'"),
-    (json.dumps({**flat(), "safety": None}), "missing verdict for 'safety'"),
-    (json.dumps({k: v for k, v in flat().items() if k != "clarity"}), "missing verdict for 'clarity'"),
-    (json.dumps(flat(safety="C")), "verdict for 'safety': 'C' is not A, B or tie"),
-    (json.dumps(flat(empathy=4)), "verdict for 'empathy': 4 is not A, B or tie"),
-    (json.dumps(flat(overall="both")), "verdict for 'overall': 'both' is not A, B or tie"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("Response A is better.", "no JSON object found"),
+        ("", "no JSON object found"),
+        ('{"empathy": "A",', "no JSON object found"),
+        (json.dumps({"verdicts": ["A", "B"]}), "'verdicts' is not an object"),
+        (json.dumps({k: "A" for k in KEYS}), "missing verdict for 'overall'"),
+        (json.dumps({**flat(), "safety": None}), "missing verdict for 'safety'"),
+        (json.dumps({k: v for k, v in flat().items() if k != "clarity"}), "missing verdict for 'clarity'"),
+        (json.dumps(flat(safety="C")), "verdict for 'safety': 'C' is not A, B or tie"),
+        (json.dumps(flat(empathy=4)), "verdict for 'empathy': 4 is not A, B or tie"),
+        (json.dumps(flat(overall="both")), "verdict for 'overall': 'both' is not A, B or tie"),
+    ],
+)
 def test_parse_comparison_errors_name_the_key(text, message):
     with pytest.raises(ParseError) as info:
         parse_json_comparison(text, KEYS)
@@ -80,6 +112,7 @@ def test_parse_comparison_errors_name_the_key(text, message):
 
 
 # -- letter_preference ------------------------------------------------------------------------
+
 
 def test_letter_preference_sums_spellings_and_renormalises():
     assert letter_preference({"A": math.log(0.3), " A": math.log(0.2), "B": math.log(0.4)}) == "A"  # 0.5 vs 0.4
@@ -100,13 +133,16 @@ def test_letter_preference_lowercase_a_is_the_article_not_the_letter():
         letter_preference({"a": math.log(0.9), "b": math.log(0.1)})
 
 
-@pytest.mark.parametrize("logprobs, kwargs, message", [
-    (None, {}, "no logprobs returned"),
-    ({}, {}, "no logprobs returned"),
-    ({"Sure": -0.1, "I": -2.5}, {}, "A and B hold 0% of the probability (need 50%)"),
-    ({"A": math.log(0.3), "B": math.log(0.19), "x": math.log(0.51)}, {}, "A and B hold 49%"),
-    ({"A": math.log(0.6), "x": math.log(0.4)}, {"min_mass": 0.7}, "A and B hold 60% of the probability (need 70%)"),
-])
+@pytest.mark.parametrize(
+    "logprobs, kwargs, message",
+    [
+        (None, {}, "no logprobs returned"),
+        ({}, {}, "no logprobs returned"),
+        ({"Sure": -0.1, "I": -2.5}, {}, "A and B hold 0% of the probability (need 50%)"),
+        ({"A": math.log(0.3), "B": math.log(0.19), "x": math.log(0.51)}, {}, "A and B hold 49%"),
+        ({"A": math.log(0.6), "x": math.log(0.4)}, {"min_mass": 0.7}, "A and B hold 60% of the probability (need 70%)"),
+    ],
+)
 def test_letter_preference_errors(logprobs, kwargs, message):
     with pytest.raises(ParseError) as info:
         letter_preference(logprobs, **kwargs)
@@ -125,15 +161,21 @@ def test_majority():
 # -- LLMPairwiseJudge against a server on 127.0.0.1 -------------------------------------------
 
 SAD = Speech("s1", "My dog died last week and the house feels empty. I keep expecting to hear her.")
-MULTI = Speech("s2", "It still hurts.", context=[{"role": "client", "content": "My friend moved away."},
-                                                  {"role": "counselor", "content": "How has that been?"}])
+MULTI = Speech(
+    "s2",
+    "It still hurts.",
+    context=[
+        {"role": "client", "content": "My friend moved away."},
+        {"role": "counselor", "content": "How has that been?"},
+    ],
+)
 WARM = "WARM-REPLY: I'm so sorry. What do you miss most about her?"
 COLD = "COLD-REPLY: Just get over it."
 ITEMS = [Comparison(SAD, WARM, COLD, "c1"), Comparison(MULTI, COLD, WARM, "c2")]
 
 
 def which_first(prompt: str) -> str:
-    """"A" when the warm reply is in position A of this prompt, else "B"."""
+    """ "A" when the warm reply is in position A of this prompt, else "B"."""
     return "A" if prompt.index("WARM-REPLY") < prompt.index("COLD-REPLY") else "B"
 
 
@@ -144,9 +186,12 @@ def warm_wins(body: dict) -> Reply:
     return Reply.ok(json.dumps({**verdicts, "overall": f"Response {side}", "rationale": "Warmer."}))
 
 
-def llm_judge(server: FakeOpenAI, tmp_path, mode="json", retries=2) -> LLMPairwiseJudge:
+def llm_judge(server: FakeOpenAI, tmp_path, mode="json", retries=2, **settings) -> LLMPairwiseJudge:
     cfg = BackendConfig(spec="openai:judge-model", base_url=server.url, max_retries=0)
-    return LLMPairwiseJudge(cfg, load_rubric(), Cache(tmp_path / "cache.sqlite"), mode=mode, retries=retries)
+    backend = load_backend(cfg, Cache(tmp_path / "cache.sqlite"))
+    return LLMPairwiseJudge(
+        backend, WinrateJudgeConfig(spec=cfg.spec, mode=mode, retries=retries, **settings), load_rubric()
+    )
 
 
 def test_json_mode_verdicts_follow_the_better_response(openai_server, tmp_path):
@@ -158,7 +203,6 @@ def test_json_mode_verdicts_follow_the_better_response(openai_server, tmp_path):
     assert v1.per_principle == {k: "tie" if k == "safety" else "A" for k in KEYS}
     assert v2.per_principle["empathy"] == "B" and "overall" not in v2.per_principle
     assert v1.rationale == "Warmer." and v1.scores is None
-    assert judge.name == "llm-json:openai:judge-model"
     assert len(openai_server.requests) == 2
     body = openai_server.requests[0].body
     assert body["temperature"] == 0.0 and body["max_tokens"] == 400 and "seed" not in body
@@ -208,7 +252,9 @@ def test_json_mode_server_errors_are_failed_verdicts_and_not_cached(openai_serve
     judge = llm_judge(openai_server, tmp_path, retries=1)
     verdicts = judge.compare(ITEMS)
     assert all(v.failed and v.overall is None for v in verdicts)
-    assert "HTTP 500 after 1 attempts: overloaded" in verdicts[0].error and "after 2 attempts" in verdicts[0].error
+    # The status and the attempts, never the server's body text (it may echo the client's speech).
+    assert verdicts[0].error == "HTTP 500 after 1 attempts (after 2 attempts)"
+    assert "overloaded" not in verdicts[0].error
     assert len(openai_server.requests) == 4
 
     openai_server.handler = warm_wins  # the server recovers: a rerun asks again, nothing cached
@@ -228,12 +274,15 @@ def logprob_handler(letter_probs: dict[str, dict[str, float]]):
         dist = letter_probs[found[0] if len(found) == 1 else "overall"]
         best = max(dist, key=dist.get)
         return Reply.ok(best, logprobs=[(t, math.log(p)) for t, p in sorted(dist.items(), key=lambda x: -x[1])])
+
     return handler
 
 
 LETTERS = {k: {"A": 0.9, "B": 0.1} for k in KEYS} | {
-    "safety": {"A": 0.5, "B": 0.48, "I": 0.02}, "clarity": {" B": 0.5, "B": 0.2, "A": 0.3},
-    "overall": {"A": 0.7, "B": 0.3}}
+    "safety": {"A": 0.5, "B": 0.48, "I": 0.02},
+    "clarity": {" B": 0.5, "B": 0.2, "A": 0.3},
+    "overall": {"A": 0.7, "B": 0.3},
+}
 
 
 def test_logprob_mode_one_letter_call_per_principle_plus_overall(openai_server, tmp_path):
@@ -247,30 +296,32 @@ def test_logprob_mode_one_letter_call_per_principle_plus_overall(openai_server, 
     body = openai_server.requests[0].body
     assert (body["max_tokens"], body["logprobs"], body["top_logprobs"], body["temperature"]) == (1, True, 20, 0.0)
     assert prompt_of(body).endswith("Answer with a single letter: A or B.")
-    assert judge.name == "llm-logprob:openai:judge-model"
 
 
 def test_logprob_mode_overall_only_makes_one_call(openai_server, tmp_path):
     openai_server.handler = logprob_handler(LETTERS)
-    judge = LLMPairwiseJudge(BackendConfig(spec="openai:judge-model", base_url=openai_server.url), load_rubric(),
-                             Cache(tmp_path / "c.sqlite"), mode="logprob", per_principle=False)
+    judge = llm_judge(openai_server, tmp_path, mode="logprob", per_principle=False)
     [verdict] = judge.compare(ITEMS[:1])
     assert (verdict.overall, verdict.per_principle, len(openai_server.requests)) == ("A", {}, 1)
 
 
 # -- RaterJudge -------------------------------------------------------------------------------
 
+
 def test_rater_judge_prefers_the_warm_reply_per_principle_and_ignores_position():
     speech = Speech("s", "I have not slept properly in weeks and I snap at everyone at work. I feel like a bad person.")
-    warm = ("That sounds exhausting, and it makes sense you feel on edge. It takes courage to notice this. "
-            "What do you think is keeping you awake at night?")
+    warm = (
+        "That sounds exhausting, and it makes sense you feel on edge. It takes courage to notice this. "
+        "What do you think is keeping you awake at night?"
+    )
     cold = "Everyone has bad weeks. Just go to bed earlier."
-    judge = build_pairwise_judge("minilm", load_rubric(), Cache(":memory:"))
+    judge = build_judge(WinrateJudgeConfig(spec="minilm"), load_rubric(), Cache(":memory:"))
+    assert isinstance(judge, RaterJudge)
     first, second = judge.compare([Comparison(speech, warm, cold, "1"), Comparison(speech, cold, warm, "2")])
     assert first.overall == "A" and second.overall == "B"
     assert {k: FLIP[v] for k, v in first.per_principle.items()} == second.per_principle
     assert set(first.per_principle) == set(KEYS) and first.scores["a"] > first.scores["b"]
-    assert judge.name == "rater:minilm"
+    assert judge.name == "minilm"
 
 
 def test_logprob_mode_a_failed_principle_fails_the_verdict(openai_server, tmp_path):
@@ -282,9 +333,11 @@ def test_logprob_mode_a_failed_principle_fails_the_verdict(openai_server, tmp_pa
 
 
 def test_logprob_mode_on_a_tiny_local_model_gives_verdicts_or_clear_failures(tiny_lm, tmp_path):
-    judge = build_pairwise_judge(f"transformers:{tiny_lm}", load_rubric(), Cache(tmp_path / "c.sqlite"),
-                                 mode="logprob")
+    judge = build_judge(
+        WinrateJudgeConfig(spec=f"transformers:{tiny_lm}", mode="logprob"), load_rubric(), Cache(tmp_path / "c.sqlite")
+    )
     assert isinstance(judge, LLMPairwiseJudge)
+    assert judge.name == f"llm-logprob:transformers:{tiny_lm}"
     verdicts = judge.compare(ITEMS)
     assert len(verdicts) == 2
     for v in verdicts:
@@ -295,6 +348,7 @@ def test_logprob_mode_on_a_tiny_local_model_gives_verdicts_or_clear_failures(tin
 
 
 # -- RewardModelJudge -------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def tiny_rm(tiny_lm, tmp_path_factory):
@@ -311,8 +365,10 @@ def tiny_rm(tiny_lm, tmp_path_factory):
 
 def test_reward_model_judge_swapping_swaps_the_verdict(tiny_rm):
     speech = Speech("s", "i feel sad and alone every night")
-    items = [Comparison(speech, "that sounds hard . tell me more", "cannot stop thinking", "x"),
-             Comparison(speech, "why", "you are not alone . can we talk", "y")]
+    items = [
+        Comparison(speech, "that sounds hard . tell me more", "cannot stop thinking", "x"),
+        Comparison(speech, "why", "you are not alone . can we talk", "y"),
+    ]
     judge = RewardModelJudge(tiny_rm, batch_size=2, max_length=64)
     verdicts = judge.compare(items + [it.swapped() for it in items])
 
@@ -325,33 +381,45 @@ def test_reward_model_judge_swapping_swaps_the_verdict(tiny_rm):
     assert judge.compare([]) == []
 
 
-def test_build_pairwise_judge_recognises_reward_models(tiny_rm, tiny_lm, tmp_path):
+def pairwise_judge(spec, rubric, cache, **settings):
+    return build_judge(WinrateJudgeConfig(spec=spec, **settings), rubric, cache)
+
+
+def test_build_judge_recognises_reward_models(tiny_rm, tiny_lm, tmp_path):
     rubric, cache = load_rubric(), Cache(tmp_path / "c.sqlite")
-    assert isinstance(build_pairwise_judge(f"rm:{tiny_rm}", rubric, cache), RewardModelJudge)
-    assert isinstance(build_pairwise_judge(str(tiny_rm), rubric, cache), RewardModelJudge)
+    judge = pairwise_judge(f"rm:{tiny_rm}", rubric, cache)
+    assert isinstance(judge, RewardModelJudge) and judge.name == f"rm:{tiny_rm}"
+    assert isinstance(pairwise_judge(str(tiny_rm), rubric, cache), RewardModelJudge)
     with pytest.raises(UserError, match="is not a reward model"):
-        build_pairwise_judge(f"rm:{tiny_lm}", rubric, cache)
+        pairwise_judge(f"rm:{tiny_lm}", rubric, cache)
     with pytest.raises(UserError, match="no config.json"):
-        build_pairwise_judge(f"rm:{tmp_path / 'nowhere'}", rubric, cache)
+        pairwise_judge(f"rm:{tmp_path / 'nowhere'}", rubric, cache)
     with pytest.raises(UserError, match="is a folder but not a reward model; use rm:PATH"):
-        build_pairwise_judge(str(tiny_lm), rubric, cache)
+        pairwise_judge(str(tiny_lm), rubric, cache)
     with pytest.raises(UserError, match="is not an existing path"):
-        build_pairwise_judge(str(tmp_path / "missing-judge"), rubric, cache)
+        pairwise_judge(str(tmp_path / "missing-judge"), rubric, cache)
     with pytest.raises(UserError, match="model path does not exist"):
-        build_pairwise_judge(f"transformers:{tmp_path / 'missing'}", rubric, cache)
+        pairwise_judge(f"transformers:{tmp_path / 'missing'}", rubric, cache)
     with pytest.raises(UserError, match="unknown backend 'nope'"):
-        build_pairwise_judge("nope:x", rubric, cache)
-    with pytest.raises(UserError, match="unknown pairwise judge mode"):
-        build_pairwise_judge(f"transformers:{tiny_lm}", rubric, cache, mode="scores")
+        pairwise_judge("nope:x", rubric, cache)
+    # The mode is a config bound now (WinrateJudgeConfig.mode: json | logprob).
+    with pytest.raises(ValidationError, match="mode"):
+        pairwise_judge(f"transformers:{tiny_lm}", rubric, cache, mode="scores")
 
 
-def test_build_pairwise_judge_openai_with_base_url(openai_server, tmp_path):
+def test_build_judge_openai_with_base_url(openai_server, tmp_path):
     openai_server.handler = warm_wins
-    judge = build_pairwise_judge("openai:m", load_rubric(), Cache(tmp_path / "c.sqlite"), base_url=openai_server.url)
+    judge = pairwise_judge("openai:m", load_rubric(), Cache(tmp_path / "c.sqlite"), base_url=openai_server.url)
     assert isinstance(judge, LLMPairwiseJudge) and judge.compare(ITEMS[:1])[0].overall == "A"
+    assert judge.name == "llm-json:openai:m"
+    logprob = pairwise_judge(
+        "openai:m", load_rubric(), Cache(tmp_path / "c.sqlite"), mode="logprob", base_url=openai_server.url
+    )
+    assert logprob.name == "llm-logprob:openai:m"
 
 
 # -- PanelJudge -------------------------------------------------------------------------------
+
 
 class Scripted:
     """A test double: the same verdict for every item."""
@@ -380,9 +448,15 @@ def test_panel_majority_per_item_and_per_principle():
     assert json.loads(v.rationale.removeprefix("votes: ")) == {"j0": "A", "j1": "A", "j2": "B"}
 
 
-@pytest.mark.parametrize("overalls, expected", [
-    (["A", "B"], "tie"), (["A", "B", "tie"], "tie"), (["tie", "tie", "A"], "tie"), (["B", "B", "A"], "B"),
-])
+@pytest.mark.parametrize(
+    "overalls, expected",
+    [
+        (["A", "B"], "tie"),
+        (["A", "B", "tie"], "tie"),
+        (["tie", "tie", "A"], "tie"),
+        (["B", "B", "A"], "B"),
+    ],
+)
 def test_panel_without_majority_is_a_tie(overalls, expected):
     assert panel_of(*(vote(o) for o in overalls)).compare(ITEMS)[1].overall == expected
 
@@ -396,10 +470,12 @@ def test_panel_leaves_failed_members_out_and_fails_only_when_all_fail():
     assert v.error == "every judge of the panel failed (j0: no JSON object found; j1: HTTP 500)"
 
 
-def test_build_panel_one_spec_is_that_judge(tiny_rm, tmp_path):
+def test_build_judge_panel_of_one_spec_is_that_judge(tiny_rm, tmp_path):
     rubric, cache = load_rubric(), Cache(tmp_path / "c.sqlite")
-    assert isinstance(build_panel([f"rm:{tiny_rm}"], rubric, cache), RewardModelJudge)
-    panel = build_panel([f"rm:{tiny_rm}", str(tiny_rm)], rubric, cache)
+    assert isinstance(pairwise_judge([f"rm:{tiny_rm}"], rubric, cache), RewardModelJudge)
+    panel = pairwise_judge([f"rm:{tiny_rm}", str(tiny_rm)], rubric, cache)
     assert isinstance(panel, PanelJudge) and len(panel.judges) == 2
-    with pytest.raises(UserError, match="no judge given"):
-        build_panel([], rubric, cache)
+    assert panel.name == f"panel(rm:{tiny_rm},rm:{tiny_rm})"
+    # An empty panel is a config error now (WinrateJudgeConfig.spec must not be empty).
+    with pytest.raises(ValidationError, match="a judge needs a spec"):
+        pairwise_judge([], rubric, cache)

@@ -13,8 +13,21 @@ from psychocounsel.cli import main
 from conftest import write_speeches
 
 STAGES = ("ingest", "generate", "rate", "pairs")
-WINRATE_KEYS = ("n", "wins", "ties", "losses", "win_rate", "ci_low", "ci_high", "lc_win_rate", "per_principle",
-                "position_consistency", "avg_len_policy", "avg_len_reference", "judge")
+WINRATE_KEYS = (
+    "n",
+    "wins",
+    "ties",
+    "losses",
+    "win_rate",
+    "ci_low",
+    "ci_high",
+    "lc_win_rate",
+    "per_principle",
+    "position_consistency",
+    "avg_len_policy",
+    "avg_len_reference",
+    "judge",
+)
 FIELDS = ("items_in", "items_out", "failed", "calls_made", "calls_cached", "seconds")
 
 
@@ -22,9 +35,15 @@ def _config(tmp: Path, model: Path) -> Path:
     gen = {"backend": {"spec": f"transformers:{model}", "batch_size": 4, "device": "cpu"}, "max_tokens": 24}
     cfg = {
         "ingest": {"input": str(write_speeches(tmp / "speeches.jsonl", 12))},
-        "generate": {"k": 3, "seed": 0, "pool": [dict(gen, name="warm", system_prompt="be warm", temperature=0.7),
-                                                 dict(gen, name="cold", temperature=1.2),
-                                                 dict(gen, name="plain", temperature=0.3)]},
+        "generate": {
+            "k": 3,
+            "seed": 0,
+            "pool": [
+                dict(gen, name="warm", system_prompt="be warm", temperature=0.7),
+                dict(gen, name="cold", temperature=1.2),
+                dict(gen, name="plain", temperature=0.3),
+            ],
+        },
         "pairs": {"min_gap": 0.1, "test_fraction": 0.25},
     }
     path = tmp / "cfg.yaml"
@@ -72,18 +91,31 @@ def test_run_against_openai_compatible_endpoint(tmp_path):
             scores = {k: 3 for k in ("relevance", "clarity", "safety", "exploration", "autonomy", "staging")}
             return Reply.ok(json.dumps({"scores": dict(scores, empathy=empathy), "rationale": "ok"}))
         style = body["messages"][0]["content"] if body["messages"][0]["role"] == "system" else ""
-        return Reply.ok("Warm-reply: that sounds heavy. What feels hardest?" if "warm" in style else "BROKEN" if "x" in style else "ok.")
+        return Reply.ok(
+            "Warm-reply: that sounds heavy. What feels hardest?"
+            if "warm" in style
+            else "BROKEN"
+            if "x" in style
+            else "ok."
+        )
 
     with FakeOpenAI() as server:
         server.handler = handler
         server.push(Reply.error(500, "overloaded"))
         backend = {"spec": "openai:fake-model", "base_url": server.url, "max_retries": 2}
-        cfg = {"ingest": {"input": str(write_speeches(tmp_path / "s.jsonl", 6))},
-               "generate": {"k": 3, "pool": [{"name": "warm", "backend": backend, "system_prompt": "be warm"},
-                                             {"name": "terse", "backend": backend, "system_prompt": "be terse"},
-                                             {"name": "broken", "backend": backend, "system_prompt": "x"}]},
-               "rate": {"judge": {"type": "llm", "backend": backend, "mode": "json", "retries": 1}},
-               "pairs": {"test_fraction": 0.0, "min_gap": 0.4}}
+        cfg = {
+            "ingest": {"input": str(write_speeches(tmp_path / "s.jsonl", 6))},
+            "generate": {
+                "k": 3,
+                "pool": [
+                    {"name": "warm", "backend": backend, "system_prompt": "be warm"},
+                    {"name": "terse", "backend": backend, "system_prompt": "be terse"},
+                    {"name": "broken", "backend": backend, "system_prompt": "x"},
+                ],
+            },
+            "rate": {"judge": {"type": "llm", "backend": backend, "mode": "json", "retries": 1}},
+            "pairs": {"test_fraction": 0.0, "min_gap": 0.4},
+        }
         path = tmp_path / "cfg.yaml"
         path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
         assert main(["run", str(path), "--run-dir", str(tmp_path / "run"), "-q"]) == 0
@@ -106,19 +138,38 @@ def test_training_stages_run_when_configured_and_are_skipped_when_done(tmp_path,
     cfg_path, run = _config(tmp_path, tiny_lm), tmp_path / "run"
     cfg = yaml.safe_load(cfg_path.read_text())
     cfg["reward_model"] = {"base": str(tiny_lm), "epochs": 1, "batch_size": 4, "lr": 1e-3, "max_length": 128}
-    cfg["dpo"] = {"base": str(tiny_lm), "lr": 1e-3, "batch_size": 2, "max_length": 128, "max_prompt_length": 64,
-                  "max_steps": 2}
-    cfg["online"] = {"speeches_per_round": 2, "k": 2, "max_tokens": 8, "dev_fraction": 0.2,
-                     "dpo": {"max_steps": 1, "batch_size": 2, "lr": 1e-3, "max_length": 128, "max_prompt_length": 64}}
-    cfg["eval"] = {"speeches": str(write_speeches(tmp_path / "heldout.jsonl", 4)), "max_tokens": 8,
-                   "policy": {"spec": "policy", "device": "cpu"},
-                   "reference": {"spec": f"transformers:{tiny_lm}", "device": "cpu"}, "judges": ["reward_model"]}
+    cfg["dpo"] = {
+        "base": str(tiny_lm),
+        "lr": 1e-3,
+        "batch_size": 2,
+        "max_length": 128,
+        "max_prompt_length": 64,
+        "max_steps": 2,
+    }
+    cfg["online"] = {
+        "speeches_per_round": 2,
+        "k": 2,
+        "max_tokens": 8,
+        "dev_fraction": 0.2,
+        "dpo": {"max_steps": 1, "batch_size": 2, "lr": 1e-3, "max_length": 128, "max_prompt_length": 64},
+    }
+    cfg["eval"] = {
+        "speeches": str(write_speeches(tmp_path / "heldout.jsonl", 4)),
+        "max_tokens": 8,
+        "policy": {"spec": "policy", "device": "cpu"},
+        "reference": {"spec": f"transformers:{tiny_lm}", "device": "cpu"},
+        "judges": ["reward_model"],
+    }
     cfg_path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
     assert main(["run", str(cfg_path), "--run-dir", str(run), "-q"]) == 0
     stages = json.loads((run / "run.json").read_text())["stages"]
     assert {"reward_model", "dpo", "online", "eval", "report"} <= set(stages)
     result = json.loads((run / "eval" / "winrate.json").read_text())
-    assert set(WINRATE_KEYS) <= set(result) and result["n"] == 4 and result["wins"] + result["ties"] + result["losses"] == 4
+    assert (
+        set(WINRATE_KEYS) <= set(result)
+        and result["n"] == 4
+        and result["wins"] + result["ties"] + result["losses"] == 4
+    )
     assert result["position_consistency"] == 1.0  # a reward model does not see positions
     assert {"mean_reward_policy", "mean_reward_reference"} <= set(result)
     assert (run / "report.html").is_file()

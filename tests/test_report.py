@@ -29,19 +29,48 @@ def response_text(i: int, g: int) -> str:
 
 
 def write_inputs(root, n_speeches: int = 6) -> None:
-    write_jsonl(root / "speeches.jsonl", [{"id": f"s{i}", "text": speech_text(i), "topic": "sleep",
-                                           "context": [], "source": "test"} for i in range(n_speeches)])
-    write_jsonl(root / "responses.jsonl", [
-        {"id": f"r{i}-{g}", "speech_id": f"s{i}", "generator": gen, "text": response_text(i, g), "model": "m",
-         "params": {}, "latency_s": 0.1, "prompt_tokens": 10, "completion_tokens": 20}
-        for i in range(n_speeches) for g, gen in enumerate(GENERATORS)])
+    write_jsonl(
+        root / "speeches.jsonl",
+        [
+            {"id": f"s{i}", "text": speech_text(i), "topic": "sleep", "context": [], "source": "test"}
+            for i in range(n_speeches)
+        ],
+    )
+    write_jsonl(
+        root / "responses.jsonl",
+        [
+            {
+                "id": f"r{i}-{g}",
+                "speech_id": f"s{i}",
+                "generator": gen,
+                "text": response_text(i, g),
+                "model": "m",
+                "params": {},
+                "latency_s": 0.1,
+                "prompt_tokens": 10,
+                "completion_tokens": 20,
+            }
+            for i in range(n_speeches)
+            for g, gen in enumerate(GENERATORS)
+        ],
+    )
 
 
 def write_ratings(root, n_speeches: int = 6) -> None:
     rng = random.Random(0)
-    rows = [{"response_id": f"r{i}-{g}", "speech_id": f"s{i}", "judge": "J",
-             "scores": {k: round(rng.uniform(1, 5), 2) for k in KEYS}, "failed": False, "error": "", "raw": ""}
-            for i in range(n_speeches) for g in range(len(GENERATORS))]
+    rows = [
+        {
+            "response_id": f"r{i}-{g}",
+            "speech_id": f"s{i}",
+            "judge": "J",
+            "scores": {k: round(rng.uniform(1, 5), 2) for k in KEYS},
+            "failed": False,
+            "error": "",
+            "raw": "",
+        }
+        for i in range(n_speeches)
+        for g in range(len(GENERATORS))
+    ]
     rows[0] = {**rows[0], "scores": {}, "failed": True, "error": "unparsable", "raw": "RAW-SENTINEL"}
     write_jsonl(root / "ratings.jsonl", rows)
 
@@ -51,9 +80,18 @@ def pair_rows(n: int, seed: int) -> list[dict]:
     rows = []
     for i in range(n):
         hi, lo = rng.uniform(3, 5), rng.uniform(1, 3)
-        row = {"ID": f"s{i}", "prefID": f"p{i}", "question": speech_text(i), "chosen": response_text(i, 0),
-               "rejected": response_text(i, 1), "chosen_model": GENERATORS[0], "rejected_model": GENERATORS[1],
-               "chosen_score": hi, "rejected_score": lo, "margin": hi - lo}
+        row = {
+            "ID": f"s{i}",
+            "prefID": f"p{i}",
+            "question": speech_text(i),
+            "chosen": response_text(i, 0),
+            "rejected": response_text(i, 1),
+            "chosen_model": GENERATORS[0],
+            "rejected_model": GENERATORS[1],
+            "chosen_score": hi,
+            "rejected_score": lo,
+            "margin": hi - lo,
+        }
         row.update({f"{side}_{k}_rating": 3 for side in ("chosen", "rejected") for k in KEYS})
         rows.append(row)
     return rows
@@ -61,36 +99,72 @@ def pair_rows(n: int, seed: int) -> list[dict]:
 
 def write_training(root) -> None:
     rng = random.Random(1)
-    write_json(root / "reward_model" / "metrics.json", {"n": 40, "accuracy": 0.7, "auc": 0.75, "ece": 0.08,
-                                                         "brier": 0.21})
-    write_jsonl(root / "reward_model" / "predictions.jsonl",
-                [{"r_chosen": rng.gauss(0.5, 1.5), "r_rejected": rng.gauss(0, 0.5)} for _ in range(40)])
-    write_json(root / "reward_model" / "train_log.json",
-               [{"step": s, "loss": 0.7 - 0.02 * s, "learning_rate": 9e-6} for s in range(1, 11)]
-               + [{"step": 10, "train_runtime": 3.0, "train_loss": 0.6}])
-    write_json(root / "policy" / "train_log.json",
-               [{"step": s, "loss": 0.69 - 0.01 * s, "rewards/chosen": 0.01 * s, "rewards/rejected": -0.01 * s,
-                 "rewards/margins": 0.02 * s, "rewards/accuracies": 0.6} for s in range(1, 9)])
+    write_json(
+        root / "reward_model" / "metrics.json", {"n": 40, "accuracy": 0.7, "auc": 0.75, "ece": 0.08, "brier": 0.21}
+    )
+    write_jsonl(
+        root / "reward_model" / "predictions.jsonl",
+        [{"r_chosen": rng.gauss(0.5, 1.5), "r_rejected": rng.gauss(0, 0.5)} for _ in range(40)],
+    )
+    write_json(
+        root / "reward_model" / "train_log.json",
+        [{"step": s, "loss": 0.7 - 0.02 * s, "learning_rate": 9e-6} for s in range(1, 11)]
+        + [{"step": 10, "train_runtime": 3.0, "train_loss": 0.6}],
+    )
+    write_json(
+        root / "policy" / "train_log.json",
+        [
+            {
+                "step": s,
+                "loss": 0.69 - 0.01 * s,
+                "rewards/chosen": 0.01 * s,
+                "rewards/rejected": -0.01 * s,
+                "rewards/margins": 0.02 * s,
+                "rewards/accuracies": 0.6,
+            }
+            for s in range(1, 9)
+        ],
+    )
     for r, reward in enumerate((0.1, 0.3)):
-        write_json(root / "online" / f"round_{r}" / "metrics.json", {"round": r, "n_pairs": 8 * r,
-                                                                     "dev_mean_reward": reward, "dev_n": 6})
+        write_json(
+            root / "online" / f"round_{r}" / "metrics.json",
+            {"round": r, "n_pairs": 8 * r, "dev_mean_reward": reward, "dev_n": 6},
+        )
     write_json(root / "online" / "summary.json", {"best_round": 1})
 
 
 def winrate(judge: str, rate: float) -> dict:
-    return {"n": 50, "wins": 30, "ties": 2, "losses": 18, "win_rate": rate, "ci_low": rate - 0.1,
-            "ci_high": rate + 0.1, "lc_win_rate": rate - 0.03, "position_consistency": 0.9,
-            "per_principle": {k: 0.4 + 0.03 * i for i, k in enumerate(KEYS)},
-            "per_principle_ci": {k: [0.3 + 0.03 * i, 0.5 + 0.03 * i] for i, k in enumerate(KEYS)},
-            "avg_len_policy": 60.0, "avg_len_reference": 80.0, "judge": judge}
+    return {
+        "n": 50,
+        "wins": 30,
+        "ties": 2,
+        "losses": 18,
+        "win_rate": rate,
+        "ci_low": rate - 0.1,
+        "ci_high": rate + 0.1,
+        "lc_win_rate": rate - 0.03,
+        "position_consistency": 0.9,
+        "per_principle": {k: 0.4 + 0.03 * i for i, k in enumerate(KEYS)},
+        "per_principle_ci": {k: [0.3 + 0.03 * i, 0.5 + 0.03 * i] for i, k in enumerate(KEYS)},
+        "avg_len_policy": 60.0,
+        "avg_len_reference": 80.0,
+        "judge": judge,
+    }
 
 
 def full_run(root):
     write_inputs(root)
     write_ratings(root)
-    write_json(root / "run.json", {"config": {"pairs": {"min_gap": 1.0}}, "stages": {
-        "ingest": {"items_in": 6, "items_out": 6, "failed": 0, "seconds": 0.01},
-        "rate": {"items_in": 18, "items_out": 17, "failed": 1, "judge": "J"}}})
+    write_json(
+        root / "run.json",
+        {
+            "config": {"pairs": {"min_gap": 1.0}},
+            "stages": {
+                "ingest": {"items_in": 6, "items_out": 6, "failed": 0, "seconds": 0.01},
+                "rate": {"items_in": 18, "items_out": 17, "failed": 1, "judge": "J"},
+            },
+        },
+    )
     (root / "pairs").mkdir()
     write_parquet(root / "pairs" / "train.parquet", pair_rows(12, 0), KEYS)
     write_parquet(root / "pairs" / "test.parquet", pair_rows(3, 1), KEYS)
@@ -122,8 +196,13 @@ def test_speeches_and_responses_only_gives_notes_not_errors(tmp_path):
     page = write_report(run).read_text(encoding="utf-8")
     assert IMG not in page
     assert page.count('class="na"') >= len(FIGURES)
-    for missing in ("ratings.jsonl", "pairs/train.parquet", "reward_model/predictions.jsonl",
-                    "reward_model/metrics.json", "eval/winrate.json"):
+    for missing in (
+        "ratings.jsonl",
+        "pairs/train.parquet",
+        "reward_model/predictions.jsonl",
+        "reward_model/metrics.json",
+        "eval/winrate.json",
+    ):
         assert f"not available: {missing}" in page
     assert "SENTINEL" not in page
     assert not list((run / "report").glob("*.png"))

@@ -52,6 +52,7 @@ def test_score_is_the_weighted_mean():
 
 # -- malformed rubrics ------------------------------------------------------------------------
 
+
 def edit(fn):
     """A rubric's YAML text: the packaged one changed by ``fn`` (which edits the dict in place)."""
     data = copy.deepcopy(PACKAGED)
@@ -66,6 +67,7 @@ def set_(path, value):
         for p in parents:
             node = node[p]
         node[last] = value
+
     return fn
 
 
@@ -76,6 +78,7 @@ def drop(path):
         for p in parents:
             node = node[p]
         del node[last]
+
     return fn
 
 
@@ -83,6 +86,7 @@ def all_weights(value):
     def fn(data):
         for p in data["principles"]:
             p["weight"] = value
+
     return fn
 
 
@@ -96,11 +100,20 @@ MALFORMED = {
     "principles-not-list": (edit(set_(["principles"], "empathy")), "principles: Input should be a valid list"),
     "unknown-principle-key": (edit(set_(["principles", 2, "colour"], "blue")), "principles.2.colour: unknown key"),
     "unknown-top-key": (edit(set_(["version"], 2)), "version: unknown key"),
-    "missing-anchor-3": (edit(drop(["principles", 0, "anchors", 3])), "needs anchors for scores 1, 3 and 5 (missing [3])"),
-    "anchor-7": (edit(set_(["principles", 0, "anchors", 7], "Beyond perfect.")), "anchor scores must be between 1 and 5"),
+    "missing-anchor-3": (
+        edit(drop(["principles", 0, "anchors", 3])),
+        "needs anchors for scores 1, 3 and 5 (missing [3])",
+    ),
+    "anchor-7": (
+        edit(set_(["principles", 0, "anchors", 7], "Beyond perfect.")),
+        "anchor scores must be between 1 and 5",
+    ),
     "empty-anchor": (edit(set_(["principles", 1, "anchors", 5], "  ")), "anchor texts must be non-empty"),
     "duplicate-keys": (edit(set_(["principles", 1, "key"], "empathy")), "duplicate principle keys: empathy"),
-    "negative-weight": (edit(set_(["principles", 3, "weight"], -1)), "principles.3.weight: Input should be greater than or equal to 0"),
+    "negative-weight": (
+        edit(set_(["principles", 3, "weight"], -1)),
+        "principles.3.weight: Input should be greater than or equal to 0",
+    ),
     "zero-weights": (edit(all_weights(0)), "at least one principle needs a positive weight"),
     "bad-key": (edit(set_(["principles", 0, "key"], "Empathy Score")), "principles.0.key: String should match pattern"),
     "scale-1-10": (edit(set_(["scale"], [1, 10])), "only the 1-5 scale is supported"),
@@ -172,13 +185,16 @@ principles:
 
 # -- the command line -------------------------------------------------------------------------
 
+
 def minimal_run(root) -> RunDir:
     """A run directory that `psychocounsel pairs` accepts with the packaged rubric."""
     rundir = RunDir(root)
     append_jsonl(rundir.speeches, [Speech("s0", "I have been feeling low.").to_dict()])
     append_jsonl(rundir.responses, [Response(f"r{i}", "s0", f"g{i}", f"Reply {i}.", "m").to_dict() for i in (1, 2)])
-    append_jsonl(rundir.ratings, [Rating(f"r{i}", "s0", "jk", scores={k: float(v) for k in PAPER_KEYS}).to_dict()
-                                  for i, v in ((1, 5), (2, 2))])
+    append_jsonl(
+        rundir.ratings,
+        [Rating(f"r{i}", "s0", "jk", scores={k: float(v) for k in PAPER_KEYS}).to_dict() for i, v in ((1, 5), (2, 2))],
+    )
     write_json(rundir.run_json, {"stages": {"rate": {"judge": "jk"}}})
     return rundir
 

@@ -5,9 +5,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from psychocounsel.evaluate.stats import (bootstrap_ci, cohen_kappa, combine_orders, counts,
-                                          outcome_value, position_consistency,
-                                          position_consistent, win_rate)
+from psychocounsel.evaluate.stats import (
+    bootstrap_ci,
+    cohen_kappa,
+    combine_orders,
+    counts,
+    outcome_value,
+    position_consistency,
+    position_consistent,
+    win_rate,
+)
 
 
 def _always_a_judge(policy_is_a: bool) -> str:
@@ -16,7 +23,7 @@ def _always_a_judge(policy_is_a: bool) -> str:
 
 
 def test_position_biased_judge_yields_only_ties():
-    first = [_always_a_judge(policy_is_a=True) for _ in range(20)]    # order 1: A = policy
+    first = [_always_a_judge(policy_is_a=True) for _ in range(20)]  # order 1: A = policy
     second = [_always_a_judge(policy_is_a=False) for _ in range(20)]  # order 2: A = reference
     verdicts = [combine_orders(f, s) for f, s in zip(first, second)]
     assert verdicts == ["tie"] * 20
@@ -109,10 +116,10 @@ def test_kappa_textbook_two_by_two():
 def test_kappa_edge_cases():
     labels = ["A", "B", "tie", "B", "A"]
     assert cohen_kappa(labels, labels) == 1.0
-    assert cohen_kappa(["tie"] * 4, ["tie"] * 4) == 1.0   # p_e = 1: defined as 1.0
+    assert cohen_kappa(["tie"] * 4, ["tie"] * 4) == 1.0  # p_e = 1: defined as 1.0
     # Systematic disagreement is below chance: p_o 0, p_e 0.5, kappa -1.
     assert cohen_kappa(["A", "B"], ["B", "A"]) == -1.0
-    assert cohen_kappa([1, 2, 2], [1, 2, 1]) == pytest.approx(0.4)   # non-string labels work
+    assert cohen_kappa([1, 2, 2], [1, 2, 1]) == pytest.approx(0.4)  # non-string labels work
     with pytest.raises(ValueError, match="different numbers"):
         cohen_kappa(["A"], ["A", "B"])
     with pytest.raises(ValueError, match="at least one item"):

@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from psychocounsel.config import DPOConfig, DPOStageConfig, override
 from psychocounsel.errors import UserError
 from psychocounsel.train import dpo
 
@@ -16,9 +17,14 @@ FEELINGS = ("sad", "anxious", "tired", "alone", "scared", "angry", "lost", "hope
 
 
 def make_pairs(n: int = 16) -> list[dict]:
-    return [{"question": f"i feel {FEELINGS[i % 8]} {'today' if i < 8 else 'every night'}",
-             "chosen": " ".join(SET_A[i % 4:i % 4 + 5]), "rejected": " ".join(SET_B[i % 4:i % 4 + 5])}
-            for i in range(n)]
+    return [
+        {
+            "question": f"i feel {FEELINGS[i % 8]} {'today' if i < 8 else 'every night'}",
+            "chosen": " ".join(SET_A[i % 4 : i % 4 + 5]),
+            "rejected": " ".join(SET_B[i % 4 : i % 4 + 5]),
+        }
+        for i in range(n)
+    ]
 
 
 def load(path):
@@ -38,15 +44,16 @@ def changed(a, b) -> list[str]:
 def run(tiny_lm, out, **kw):
     """train_dpo, also returning the in-memory policy that was saved."""
     saved = {}
-    real = dpo.save_policy
+    real = dpo.save_merged
 
     def keep(trainer, path):
         saved["model"] = real(trainer, path)
         return saved["model"]
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(dpo, "save_policy", keep)
-        summary = dpo.train_dpo(make_pairs(), str(tiny_lm), out, lr=1e-3, batch_size=4, max_steps=8, **kw)
+        mp.setattr(dpo, "save_merged", keep)
+        cfg = DPOStageConfig(base=str(tiny_lm), lr=1e-3, batch_size=4, max_steps=8, **kw)
+        summary = dpo.train_dpo(make_pairs(), cfg, out)
     return summary, saved["model"]
 
 
@@ -114,8 +121,11 @@ def test_lora_is_merged(tiny_lm, tmp_path):
 
 def test_user_errors(tiny_lm, tmp_path):
     with pytest.raises(UserError, match="does not exist"):
-        dpo.train_dpo(make_pairs(2), str(tmp_path / "nope"), tmp_path / "out")
+        dpo.train_dpo(make_pairs(2), DPOStageConfig(base=str(tmp_path / "nope")), tmp_path / "out")
     with pytest.raises(UserError, match="0 rows"):
-        dpo.train_dpo([], str(tiny_lm), tmp_path / "out")
-    with pytest.raises(UserError, match="loss_type"):
-        dpo.train_dpo(make_pairs(2), str(tiny_lm), tmp_path / "out", loss_type="nope")
+        dpo.train_dpo([], DPOConfig(), tmp_path / "out", base=str(tiny_lm))
+    # Loss types are a config bound now (config.DPOLoss): a one-line UserError naming the option.
+    with pytest.raises(UserError, match="^command line: loss_type: Input should be 'sigmoid'"):
+        override(DPOConfig(), {"loss_type": "nope"})
+    with pytest.raises(UserError, match="max_prompt_length .* must be below max_length"):
+        override(DPOConfig(), {"max_prompt_length": 384})

@@ -7,14 +7,20 @@ import json
 import shutil
 
 import pytest
-from conftest import WORDS, build_tiny_lm
 
+from psychocounsel.config import OnlineConfig, override
 from psychocounsel.errors import UserError
 from psychocounsel.store import read_jsonl
 from psychocounsel.train import dpo, online
 
+from conftest import WORDS, build_tiny_lm
+
 DPO_OPTIONS = {"max_steps": 2, "batch_size": 2, "lr": 1e-3, "max_length": 128, "max_prompt_length": 64}
-RUN = {"speeches_per_round": 2, "k": 3, "max_tokens": 8, "dev_fraction": 0.25, "dpo_options": DPO_OPTIONS}
+RUN = {"speeches_per_round": 2, "k": 3, "max_tokens": 8, "dev_fraction": 0.25, "dpo": DPO_OPTIONS}
+
+
+def config(**over) -> OnlineConfig:
+    return OnlineConfig(**{**RUN, **over})
 
 
 def build_tiny_rm(lm_path, path):
@@ -23,9 +29,18 @@ def build_tiny_rm(lm_path, path):
     from transformers import AutoTokenizer, LlamaConfig, LlamaForSequenceClassification
 
     torch.manual_seed(1)
-    config = LlamaConfig(vocab_size=len(WORDS) + 11, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, num_labels=1, pad_token_id=0,
-                         bos_token_id=2, eos_token_id=3)
+    config = LlamaConfig(
+        vocab_size=len(WORDS) + 11,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        num_labels=1,
+        pad_token_id=0,
+        bos_token_id=2,
+        eos_token_id=3,
+    )
     LlamaForSequenceClassification(config).save_pretrained(path)
     AutoTokenizer.from_pretrained(lm_path).save_pretrained(path)
     return path
@@ -56,12 +71,12 @@ def run(models, tmp_path_factory):
     """Round 1 alone, then resumed to 2 rounds; the state of round 1 between the two calls."""
     lm, rm = models
     out = tmp_path_factory.mktemp("online")
-    online.train_online(str(lm), rm, speeches(), out, rounds=1, **RUN)
+    online.train_online(str(lm), rm, speeches(), out, config(rounds=1))
     before = ((out / "round_1" / "DONE").stat().st_mtime_ns, (out / "round_1" / "pairs.jsonl").read_bytes())
     counter = CountingDPO()
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(dpo, "train_dpo", counter)
-        summary = online.train_online(str(lm), rm, speeches(), out, rounds=2, **RUN)
+        summary = online.train_online(str(lm), rm, speeches(), out, config(rounds=2))
     return out, summary, before, counter.calls
 
 
@@ -110,7 +125,7 @@ def test_round_without_done_is_redone_cleanly(run, models, tmp_path, monkeypatch
     round_1 = (out / "round_1" / "pairs.jsonl").read_bytes()
     counter = CountingDPO()
     monkeypatch.setattr(dpo, "train_dpo", counter)
-    online.train_online(str(models[0]), models[1], speeches(), out, rounds=2, **RUN)
+    online.train_online(str(models[0]), models[1], speeches(), out, config(rounds=2))
     assert counter.calls == 1
     assert (out / "round_2" / "DONE").is_file() and not (out / "round_2" / "partial.tmp").exists()
     assert (out / "round_1" / "pairs.jsonl").read_bytes() == round_1
@@ -118,19 +133,20 @@ def test_round_without_done_is_redone_cleanly(run, models, tmp_path, monkeypatch
 
 def test_a_different_run_in_the_same_folder_is_refused(run, models):
     with pytest.raises(UserError, match="different run.*seed"):
-        online.train_online(str(models[0]), models[1], speeches(), run[0], rounds=2, **{**RUN, "seed": 1})
+        online.train_online(str(models[0]), models[1], speeches(), run[0], config(rounds=2, seed=1))
 
 
 def test_user_errors(models, tmp_path):
     lm, rm = models
-    with pytest.raises(UserError, match="no speeches"):
-        online.train_online(str(lm), rm, [], tmp_path / "o")
-    with pytest.raises(UserError, match="k must be >= 2"):
-        online.train_online(str(lm), rm, speeches(), tmp_path / "o", k=1)
+    with pytest.raises(UserError, match=r"need at least 2 speeches.*\(0 given\)"):
+        online.train_online(str(lm), rm, [], tmp_path / "o", config())
+    # k, temperature, rounds and dev_fraction are config bounds now: a one-line UserError.
+    with pytest.raises(UserError, match="^command line: k: Input should be greater than or equal to 2$"):
+        override(OnlineConfig(), {"k": 1})
     with pytest.raises(UserError, match="reward model folder not found"):
-        online.train_online(str(lm), tmp_path / "no-rm", speeches(), tmp_path / "o")
+        online.train_online(str(lm), tmp_path / "no-rm", speeches(), tmp_path / "o", config())
     with pytest.raises(UserError, match="policy path does not exist"):
-        online.train_online(str(tmp_path / "no-policy"), rm, speeches(), tmp_path / "o")
+        online.train_online(str(tmp_path / "no-policy"), rm, speeches(), tmp_path / "o", config())
     assert not (tmp_path / "o").exists()
 
 

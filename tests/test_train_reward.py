@@ -13,12 +13,23 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from psychocounsel.config import RewardEvalConfig, RewardModelConfig, override
 from psychocounsel.errors import UserError
-from psychocounsel.evaluate.reward_eval import (accuracy, brier_score, encode, evaluate_file,
-                                                expected_calibration_error, reward_metrics, roc_auc,
-                                                score_model, score_pairs, sigmoid)
-from psychocounsel.train.reward import (build_reward_trainer, load_pairs, save_reward_model,
-                                        train_reward_model)
+from psychocounsel.evaluate.reward_eval import evaluate_file
+from psychocounsel.pairs_io import load_pairs
+from psychocounsel.reward_model import (
+    accuracy,
+    brier_score,
+    encode,
+    expected_calibration_error,
+    load_reward_model,
+    reward_differences,
+    reward_metrics,
+    roc_auc,
+    sigmoid,
+)
+from psychocounsel.train import save_merged
+from psychocounsel.train.reward import build_reward_trainer, train_reward_model
 
 LN3 = math.log(3)  # sigmoid(ln 3) = 0.75 exactly: easy to compute by hand
 
@@ -33,10 +44,17 @@ def synthetic_pairs(n: int, seed: int) -> list[dict]:
     rng = random.Random(seed)
     rows = []
     for i in range(n):
-        rows.append({"ID": f"s{seed}-{i}", "question": " ".join(rng.choice(SPEECH) for _ in range(8)),
-                     "chosen": " ".join(rng.choice(GOOD) for _ in range(5)),
-                     "rejected": " ".join(rng.choice(BAD) for _ in range(5)),
-                     "chosen_score": 4.0, "rejected_score": 2.5, "margin": 1.5})
+        rows.append(
+            {
+                "ID": f"s{seed}-{i}",
+                "question": " ".join(rng.choice(SPEECH) for _ in range(8)),
+                "chosen": " ".join(rng.choice(GOOD) for _ in range(5)),
+                "rejected": " ".join(rng.choice(BAD) for _ in range(5)),
+                "chosen_score": 4.0,
+                "rejected_score": 2.5,
+                "margin": 1.5,
+            }
+        )
     return rows
 
 
@@ -80,11 +98,14 @@ def tiny_no_pad(tiny_lm, tmp_path_factory):
 def trained(tiny_no_pad, pairs_dir, tmp_path_factory):
     """One full training run (~2 s), shared by the tests that inspect its outputs."""
     out = tmp_path_factory.mktemp("rm")
-    metrics = train_reward_model(pairs_dir, str(tiny_no_pad), out, epochs=2, batch_size=8, lr=5e-3)
+    metrics = train_reward_model(
+        pairs_dir, RewardModelConfig(base=str(tiny_no_pad), epochs=2, batch_size=8, lr=5e-3), out
+    )
     return out, metrics
 
 
 # -- metrics ----------------------------------------------------------------------------------
+
 
 def test_metrics_hand_computed_calibrated_example():
     # 3 pairs at d = ln 3 (p 0.75), 1 at -ln 3: 75% right at p = 0.75 in each bin: perfectly calibrated.
@@ -93,7 +114,7 @@ def test_metrics_hand_computed_calibrated_example():
     # d_i + d_j over 16 ordered pairs: 9 positive, 6 zero (ties, half), 1 negative.
     assert roc_auc(d) == pytest.approx((9 + 3) / 16)
     assert expected_calibration_error(d) == pytest.approx(0.0, abs=1e-12)
-    assert brier_score(d) == pytest.approx((3 * 0.25 ** 2 + 0.75 ** 2) / 4)
+    assert brier_score(d) == pytest.approx((3 * 0.25**2 + 0.75**2) / 4)
 
 
 def test_metrics_perfect_separation_and_ties():
@@ -125,6 +146,7 @@ def test_metrics_refuse_empty_and_non_finite():
 
 # -- loading pairs ----------------------------------------------------------------------------
 
+
 def test_load_pairs_reads_parquet_jsonl_csv_alike(tmp_path):
     import csv
 
@@ -137,8 +159,12 @@ def test_load_pairs_reads_parquet_jsonl_csv_alike(tmp_path):
         writer.writerows(rows)
     loaded = [load_pairs(tmp_path / name, "train") for name in ("p.parquet", "p.jsonl", "p.csv")]
     assert loaded[0] == loaded[1] == loaded[2]
-    assert loaded[0][0] == {"prompt": rows[0]["question"], "chosen": rows[0]["chosen"],
-                            "rejected": rows[0]["rejected"], "margin": 1.5}
+    assert loaded[0][0] == {
+        "prompt": rows[0]["question"],
+        "chosen": rows[0]["chosen"],
+        "rejected": rows[0]["rejected"],
+        "margin": 1.5,
+    }
 
 
 def test_load_pairs_from_pairs_dir_run_dir_and_jsonl_fallback(pairs_dir, tmp_path):
@@ -153,8 +179,9 @@ def test_load_pairs_from_pairs_dir_run_dir_and_jsonl_fallback(pairs_dir, tmp_pat
 def test_load_pairs_from_saved_datasets_folder(tmp_path):
     from datasets import Dataset, DatasetDict
 
-    data = DatasetDict({"train": Dataset.from_list(synthetic_pairs(5, seed=1)),
-                        "test": Dataset.from_list(synthetic_pairs(2, seed=2))})
+    data = DatasetDict(
+        {"train": Dataset.from_list(synthetic_pairs(5, seed=1)), "test": Dataset.from_list(synthetic_pairs(2, seed=2))}
+    )
     data.save_to_disk(str(tmp_path / "ds"))
     assert len(load_pairs(tmp_path / "ds", "train")) == 5
     assert load_pairs(tmp_path / "ds", "test")[0]["chosen"] == synthetic_pairs(2, seed=2)[0]["chosen"]
@@ -163,20 +190,26 @@ def test_load_pairs_from_saved_datasets_folder(tmp_path):
 
 
 def test_load_pairs_conversational_rows_and_derived_margin(tmp_path):
-    convo = {"prompt": [{"role": "system", "content": "Be kind."}, {"role": "user", "content": " I feel lost. "}],
-             "chosen": [{"role": "assistant", "content": "Tell me more."}],
-             "rejected": [{"role": "assistant", "content": "Cheer up."}],
-             "chosen_score": 4.5, "rejected_score": 2.0}
+    convo = {
+        "prompt": [{"role": "system", "content": "Be kind."}, {"role": "user", "content": " I feel lost. "}],
+        "chosen": [{"role": "assistant", "content": "Tell me more."}],
+        "rejected": [{"role": "assistant", "content": "Cheer up."}],
+        "chosen_score": 4.5,
+        "rejected_score": 2.0,
+    }
     expected = {**convo, "margin": 2.5}
     expected["prompt"] = [convo["prompt"][0], {"role": "user", "content": "I feel lost."}]
     for name in ("c.parquet", "c.jsonl"):
         (write_parquet if name.endswith("parquet") else write_jsonl)(tmp_path / name, [convo])
         row = load_pairs(tmp_path / name, "test")[0]
-        assert {k: row[k] for k in ("prompt", "chosen", "rejected", "margin")} == \
-               {k: expected[k] for k in ("prompt", "chosen", "rejected", "margin")}
+        assert {k: row[k] for k in ("prompt", "chosen", "rejected", "margin")} == {
+            k: expected[k] for k in ("prompt", "chosen", "rejected", "margin")
+        }
     # CSV cells hold conversations as JSON text.
-    (tmp_path / "c.csv").write_text('prompt,chosen,rejected\n"' + json.dumps(convo["prompt"]).replace('"', '""')
-                                    + '",Tell me more.,Cheer up.\n', encoding="utf-8")
+    (tmp_path / "c.csv").write_text(
+        'prompt,chosen,rejected\n"' + json.dumps(convo["prompt"]).replace('"', '""') + '",Tell me more.,Cheer up.\n',
+        encoding="utf-8",
+    )
     row = load_pairs(tmp_path / "c.csv", "test")[0]
     assert row["prompt"] == expected["prompt"] and row["chosen"] == "Tell me more." and "margin" not in row
 
@@ -187,8 +220,10 @@ def test_load_pairs_user_errors(tmp_path):
         load_pairs(tmp_path / "bad.jsonl", "train")
     d = tmp_path / "pairs"
     d.mkdir()
-    pq.write_table(pa.schema([("question", pa.string()), ("chosen", pa.string()),
-                              ("rejected", pa.string())]).empty_table(), d / "test.parquet")
+    pq.write_table(
+        pa.schema([("question", pa.string()), ("chosen", pa.string()), ("rejected", pa.string())]).empty_table(),
+        d / "test.parquet",
+    )
     with pytest.raises(UserError, match="has no rows in split 'test'"):
         load_pairs(d, "test")
     write_jsonl(tmp_path / "empty.jsonl", [{"question": "q", "chosen": "", "rejected": "r"}])
@@ -211,6 +246,7 @@ def test_hub_id_offline_says_it_needs_network(monkeypatch):
 
 # -- encoding ---------------------------------------------------------------------------------
 
+
 def test_encode_keeps_the_end_of_a_long_speech_and_the_whole_response(tiny_lm):
     from transformers import AutoTokenizer
 
@@ -220,14 +256,18 @@ def test_encode_keeps_the_end_of_a_long_speech_and_the_whole_response(tiny_lm):
     text = tok.decode(ids)
     assert len(ids) <= 40 and text.endswith("assistant : tell me more </s>")
     assert "father partner" in text and ids[0] == tok.bos_token_id
-    convo = [{"role": "user", "content": speech}, {"role": "assistant", "content": "ok"},
-             {"role": "user", "content": "i feel lost"}]
+    convo = [
+        {"role": "user", "content": speech},
+        {"role": "assistant", "content": "ok"},
+        {"role": "user", "content": "i feel lost"},
+    ]
     ids = encode(tok, convo, "tell me more", max_length=24)
     assert len(ids) <= 24 and "i feel lost" in tok.decode(ids)  # early turns went first
     assert len(encode(tok, "i feel sad", " ".join(GOOD * 20), max_length=32)) == 32
 
 
 # -- training ---------------------------------------------------------------------------------
+
 
 def test_training_learns_separable_pairs(trained, tiny_no_pad):
     from safetensors.torch import load_file
@@ -260,17 +300,29 @@ def test_saved_model_scores_like_the_in_memory_one(tiny_lm, pairs_dir, tmp_path)
     import torch
 
     rows = load_pairs(pairs_dir, "train")
-    opts = dict(epochs=1, batch_size=8, grad_accum=1, lr=5e-3, max_length=64, use_margin=False, lora=False, lora_r=4,
-                seed=0, cpu=True)
-    trainer = build_reward_trainer(rows, str(tiny_lm), tmp_path, opts)
+    cfg = RewardModelConfig(
+        base=str(tiny_lm),
+        epochs=1,
+        batch_size=8,
+        grad_accum=1,
+        lr=5e-3,
+        max_length=64,
+        use_margin=False,
+        lora=False,
+        lora_r=4,
+        seed=0,
+        cpu=True,
+    )
+    trainer = build_reward_trainer(rows, cfg, tmp_path)
     trainer.train()
-    model = save_reward_model(trainer, tmp_path)
+    model = save_merged(trainer, tmp_path)
     test = load_pairs(pairs_dir, "test")
-    in_memory = score_model(model, trainer.processing_class, test, batch_size=5, max_length=64)
-    reloaded = score_pairs(tmp_path, test, batch_size=16, max_length=64)  # other batches, other padding
+    in_memory = reward_differences(model, trainer.processing_class, test, batch_size=5, max_length=64)
+    saved, tokenizer = load_reward_model(tmp_path)
+    reloaded = reward_differences(saved, tokenizer, test, batch_size=16, max_length=64)  # other batches, padding
     assert torch.allclose(torch.tensor(in_memory), torch.tensor(reloaded), atol=1e-5)
     for name in ("test.parquet", "test.jsonl"):
-        m = evaluate_file(tmp_path, pairs_dir / name, max_length=64)
+        m = evaluate_file(tmp_path, pairs_dir / name, RewardEvalConfig(max_length=64))
         assert set(m) == {"n", "accuracy", "auc", "ece", "brier"}
         assert m == pytest.approx(reward_metrics(reloaded))
 
@@ -280,7 +332,9 @@ def test_saved_model_scores_like_the_in_memory_one(tiny_lm, pairs_dir, tmp_path)
 def test_lora_training_saves_a_merged_model(tiny_lm, pairs_dir, tmp_path):
     from safetensors.torch import load_file
 
-    metrics = train_reward_model(pairs_dir, str(tiny_lm), tmp_path, epochs=1, lr=5e-3, lora=True, lora_r=4)
+    metrics = train_reward_model(
+        pairs_dir, RewardModelConfig(base=str(tiny_lm), epochs=1, lr=5e-3, lora=True, lora_r=4), tmp_path
+    )
     weights = load_file(tmp_path / "model.safetensors")
     assert not any("lora" in k for k in weights) and "score.weight" in weights
     assert metrics["train_loss_last"] < metrics["train_loss_first"]
@@ -289,8 +343,9 @@ def test_lora_training_saves_a_merged_model(tiny_lm, pairs_dir, tmp_path):
 
 def test_train_user_errors(pairs_dir, tmp_path):
     with pytest.raises(UserError, match="model path does not exist"):
-        train_reward_model(pairs_dir, str(tmp_path / "no-such-model"), tmp_path / "out")
-    with pytest.raises(UserError, match="max_length must be at least"):
-        train_reward_model(pairs_dir, "default", tmp_path / "out", max_length=4)
+        train_reward_model(pairs_dir, RewardModelConfig(base=str(tmp_path / "no-such-model")), tmp_path / "out")
+    # Option bounds are config bounds now: a one-line UserError naming the option.
+    with pytest.raises(UserError, match="^command line: max_length: Input should be greater than or equal to 16$"):
+        override(RewardModelConfig(base="default"), {"max_length": 4})
     with pytest.raises(UserError, match="not a model folder"):
-        score_pairs(tmp_path, synthetic_pairs(1, seed=0))
+        load_reward_model(tmp_path)

@@ -7,16 +7,30 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import SHARED_DATA
-from openai_server import FakeOpenAI, Reply, openai_server  # noqa: F401 (fixture)
 
 from psychocounsel.cli import main
 from psychocounsel.errors import UserError
 from psychocounsel.evaluate.winrate import load_eval_speeches, summarize
 from psychocounsel.rubric import PAPER_KEYS
 
-KEYS = ("n", "wins", "ties", "losses", "win_rate", "ci_low", "ci_high", "lc_win_rate", "per_principle",
-        "position_consistency", "avg_len_policy", "avg_len_reference", "judge")
+from conftest import SHARED_DATA
+from openai_server import FakeOpenAI, Reply, openai_server  # noqa: F401 (fixture)
+
+KEYS = (
+    "n",
+    "wins",
+    "ties",
+    "losses",
+    "win_rate",
+    "ci_low",
+    "ci_high",
+    "lc_win_rate",
+    "per_principle",
+    "position_consistency",
+    "avg_len_policy",
+    "avg_len_reference",
+    "judge",
+)
 SPEECHES = [
     "I keep cancelling plans with friends because I feel too tired to talk, then I feel guilty all weekend.",
     "My brother and I have not spoken since the funeral and every holiday now feels like a test I will fail.",
@@ -32,22 +46,27 @@ def write(path: Path, rows: list[dict]) -> Path:
 
 # -- speeches ---------------------------------------------------------------------------------
 
+
 def test_speeches_in_our_format_and_mentalchat_format(tmp_path):
     ours = load_eval_speeches(write(tmp_path / "a.jsonl", [{"id": "x1", "text": SPEECHES[0], "topic": "t"}]))
     assert (ours[0].id, ours[0].topic) == ("x1", "t")
-    theirs = load_eval_speeches(write(tmp_path / "b.jsonl", [{"question_id": 7, "category": "grief",
-                                                              "turns": [SPEECHES[1]]}]))
+    theirs = load_eval_speeches(
+        write(tmp_path / "b.jsonl", [{"question_id": 7, "category": "grief", "turns": [SPEECHES[1]]}])
+    )
     assert (theirs[0].id, theirs[0].text, theirs[0].topic) == ("7", SPEECHES[1], "grief")
     hashed = load_eval_speeches(write(tmp_path / "c.jsonl", [{"text": s} for s in SPEECHES]), limit=2)
     assert len(hashed) == 2 and all(s.id.startswith("s-") for s in hashed)
 
 
-@pytest.mark.parametrize("rows, message", [
-    ([{"id": "a", "text": "x" * 20}, {"id": "a", "text": "y" * 20}], "appears twice"),
-    ([{"id": "a", "text": "  "}], ":1: no speech text"),
-    ([{"id": "a", "body": "hello"}], "no speech text"),
-    ([], "holds no speeches"),
-])
+@pytest.mark.parametrize(
+    "rows, message",
+    [
+        ([{"id": "a", "text": "x" * 20}, {"id": "a", "text": "y" * 20}], "appears twice"),
+        ([{"id": "a", "text": "  "}], ":1: no speech text"),
+        ([{"id": "a", "body": "hello"}], "no speech text"),
+        ([], "holds no speeches"),
+    ],
+)
 def test_bad_speeches_files_say_why(tmp_path, rows, message):
     with pytest.raises(UserError, match=message):
         load_eval_speeches(write(tmp_path / "s.jsonl", rows))
@@ -61,9 +80,17 @@ def test_real_mentalchat_eval_questions_load():
 
 # -- numbers ----------------------------------------------------------------------------------
 
+
 def row(first: str, second: str, lp: int = 100, lr: int = 100, **extra) -> dict:
-    return {"speech_id": "s", "len_policy": lp, "len_reference": lr, "failed": False, "orders": [first, second],
-            "per_principle": {"empathy": [first, second]}, **extra}
+    return {
+        "speech_id": "s",
+        "len_policy": lp,
+        "len_reference": lr,
+        "failed": False,
+        "orders": [first, second],
+        "per_principle": {"empathy": [first, second]},
+        **extra,
+    }
 
 
 def test_a_judge_that_always_picks_position_a_gives_only_ties():
@@ -87,14 +114,21 @@ def test_consistent_verdicts_count_and_failures_are_listed_not_scored():
 
 
 def test_reward_judges_add_mean_rewards():
-    rows = [row("policy", "policy", score_policy=1.0, score_reference=0.0),
-            row("reference", "reference", score_policy=0.0, score_reference=0.5)]
-    result = summarize(rows, "rm:x", n_boot=200)
+    rows = [
+        row("policy", "policy", score_policy=1.0, score_reference=0.0),
+        row("reference", "reference", score_policy=0.0, score_reference=0.5),
+    ]
+    # The judge's kind no longer comes from its name: run() passes score_name="mean_reward" for
+    # judges whose scores_are "reward" (RewardModelJudge).
+    result = summarize(rows, "rm:x", n_boot=200, score_name="mean_reward")
     assert result["mean_reward_policy"] == 0.5 and result["mean_reward_reference"] == 0.25
-    assert summarize(rows, "rater:minilm", n_boot=200)["mean_score_policy"] == 0.5
+    assert "mean_score_policy" not in result
+    rated = summarize(rows, "minilm", n_boot=200)
+    assert rated["mean_score_policy"] == 0.5 and "mean_reward_policy" not in rated
 
 
 # -- the command, against an OpenAI-compatible server ---------------------------------------
+
 
 def serve(body: dict) -> Reply:
     """policy-model answers long and warm, reference-model short; the judge prefers whichever
@@ -115,10 +149,26 @@ def test_eval_winrate_against_a_server_then_rerun_makes_no_calls(tmp_path, opena
     openai_server.handler = serve
     openai_server.push(Reply.error(500))  # the first call fails once and is retried
     speeches = write(tmp_path / "s.jsonl", [{"id": f"s{i}", "text": t} for i, t in enumerate(SPEECHES)])
-    args = ["eval-winrate", "--policy", "openai:policy-model", "--policy-base-url", openai_server.url,
-            "--reference", "openai:reference-model", "--reference-base-url", openai_server.url,
-            "--judge", "openai:judge-model", "--judge-base-url", openai_server.url,
-            "--speeches", str(speeches), "--out", str(tmp_path / "eval"), "-q"]
+    args = [
+        "eval-winrate",
+        "--policy",
+        "openai:policy-model",
+        "--policy-base-url",
+        openai_server.url,
+        "--reference",
+        "openai:reference-model",
+        "--reference-base-url",
+        openai_server.url,
+        "--judge",
+        "openai:judge-model",
+        "--judge-base-url",
+        openai_server.url,
+        "--speeches",
+        str(speeches),
+        "--out",
+        str(tmp_path / "eval"),
+        "-q",
+    ]
     assert main(args) == 0
     result = json.loads((tmp_path / "eval" / "winrate.json").read_text())
     assert set(KEYS) <= set(result)
@@ -138,10 +188,26 @@ def test_unparseable_judge_fails_items_with_reasons(tmp_path, openai_server, mon
     monkeypatch.setenv("OPENAI_API_KEY", "test-key")
     openai_server.handler = serve
     speeches = write(tmp_path / "s.jsonl", [{"id": "s0", "text": SPEECHES[0]}])
-    args = ["eval-winrate", "--policy", "openai:policy-model", "--policy-base-url", openai_server.url,
-            "--reference", "openai:reference-model", "--reference-base-url", openai_server.url,
-            "--judge", "openai:confused-judge", "--judge-base-url", openai_server.url,
-            "--speeches", str(speeches), "--out", str(tmp_path / "eval"), "-q"]
+    args = [
+        "eval-winrate",
+        "--policy",
+        "openai:policy-model",
+        "--policy-base-url",
+        openai_server.url,
+        "--reference",
+        "openai:reference-model",
+        "--reference-base-url",
+        openai_server.url,
+        "--judge",
+        "openai:confused-judge",
+        "--judge-base-url",
+        openai_server.url,
+        "--speeches",
+        str(speeches),
+        "--out",
+        str(tmp_path / "eval"),
+        "-q",
+    ]
     assert main(args) == 2  # every item failed: nothing to score, and the reasons are on disk
     judged = [json.loads(x) for x in (tmp_path / "eval" / "llm-json-openai-confused-judge" / "judgements.jsonl").open()]
     assert judged[0]["failed"] and "attempts" in judged[0]["error"]
@@ -149,8 +215,19 @@ def test_unparseable_judge_fails_items_with_reasons(tmp_path, openai_server, mon
 
 def test_policy_named_from_a_run_that_has_none_is_a_clear_error(tmp_path, capsys):
     speeches = write(tmp_path / "s.jsonl", [{"id": "s0", "text": SPEECHES[0]}])
-    code = main(["eval-winrate", "--policy", "policy", "--run-dir", str(tmp_path), "--speeches", str(speeches),
-                 "--out", str(tmp_path / "eval")])
+    code = main(
+        [
+            "eval-winrate",
+            "--policy",
+            "policy",
+            "--run-dir",
+            str(tmp_path),
+            "--speeches",
+            str(speeches),
+            "--out",
+            str(tmp_path / "eval"),
+        ]
+    )
     assert code == 2 and "does not exist" in capsys.readouterr().err
 
 
@@ -159,10 +236,33 @@ def test_eval_winrate_on_real_mentalchat_speeches_over_http(tmp_path, openai_ser
     monkeypatch.setenv("OPENAI_API_KEY", "test-key")
     openai_server.handler = serve
     speeches = SHARED_DATA / "mentalchat16k-eval" / "evalq_bench_question.jsonl"
-    assert main(["eval-winrate", "--policy", "openai:policy-model", "--policy-base-url", openai_server.url,
-                 "--reference", "openai:reference-model", "--reference-base-url", openai_server.url,
-                 "--judge", "openai:judge-model", "--judge-base-url", openai_server.url, "--limit", "5",
-                 "--speeches", str(speeches), "--out", str(tmp_path / "eval"), "-q"]) == 0
+    assert (
+        main(
+            [
+                "eval-winrate",
+                "--policy",
+                "openai:policy-model",
+                "--policy-base-url",
+                openai_server.url,
+                "--reference",
+                "openai:reference-model",
+                "--reference-base-url",
+                openai_server.url,
+                "--judge",
+                "openai:judge-model",
+                "--judge-base-url",
+                openai_server.url,
+                "--limit",
+                "5",
+                "--speeches",
+                str(speeches),
+                "--out",
+                str(tmp_path / "eval"),
+                "-q",
+            ]
+        )
+        == 0
+    )
     result = json.loads((tmp_path / "eval" / "winrate.json").read_text())
     assert (result["n"], result["wins"]) == (5, 5)
 
@@ -174,9 +274,12 @@ def test_a_later_judge_that_fails_everywhere_is_reported_not_fatal(tmp_path, ope
     monkeypatch.setenv("OPENAI_API_KEY", "test-key")
     openai_server.handler = serve
     side = lambda model: {"spec": f"openai:{model}", "base_url": openai_server.url}  # noqa: E731
-    cfg = EvalConfig(speeches=write(tmp_path / "s.jsonl", [{"id": "s0", "text": SPEECHES[0]}]),
-                     policy=side("policy-model"), reference=side("reference-model"),
-                     judges=[side("judge-model"), side("confused-judge")])
+    cfg = EvalConfig(
+        speeches=write(tmp_path / "s.jsonl", [{"id": "s0", "text": SPEECHES[0]}]),
+        policy=side("policy-model"),
+        reference=side("reference-model"),
+        judges=[side("judge-model"), side("confused-judge")],
+    )
     result = winrate.run(cfg, tmp_path / "eval")
     assert (result["win_rate"], result["judge"]) == (1.0, "llm-json:openai:judge-model")
     failed = result["by_judge"]["llm-json-openai-confused-judge"]

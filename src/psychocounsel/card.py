@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 from collections import defaultdict
 from pathlib import Path
 from statistics import mean
@@ -27,9 +28,19 @@ clients unsupervised. Scores are an automatic judge's opinion on a rubric, not c
 judgements.""")
 
 
+def md_cell(value) -> str:
+    r"""Text safe inside a Markdown table cell: pipes, backslashes, HTML and line breaks escaped.
+
+    >>> md_cell("a|b <script>")
+    'a\\|b &lt;script&gt;'
+    """
+    text = html.escape(str(value), quote=False).replace("\\", "\\\\").replace("|", "\\|")
+    return " ".join(text.split())
+
+
 def _table(header: list[str], rows: list[list]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    lines = ["| " + " | ".join(md_cell(c) for c in header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(md_cell(c) for c in r) + " |" for r in rows]
     return "\n".join(lines)
 
 
@@ -51,10 +62,15 @@ Principle-rated counselor responses, paired in the PsychoCounsel-Preference form
 
 ## Counts
 
-{_table(["split", "pairs", "speeches"], [
-    ["train", len(train), len({r["ID"] for r in train})],
-    ["test", len(test), len({r["ID"] for r in test})],
-])}
+{
+        _table(
+            ["split", "pairs", "speeches"],
+            [
+                ["train", len(train), len({r["ID"] for r in train})],
+                ["test", len(test), len({r["ID"] for r in test})],
+            ],
+        )
+    }
 
 Rated responses: {sum(len(g) for g in groups.values())} over {len(groups)} speeches.
 Rules: train = every two responses of a speech whose weighted scores differ by >= {cfg.min_gap};

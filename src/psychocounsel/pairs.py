@@ -22,11 +22,10 @@ from typing import Any
 
 from .config import PairsConfig
 from .errors import UserError
-from .generate import load_speeches
-from .rate import current_ratings
+from .pairs_io import as_question
 from .records import Rating, Response, Speech
 from .rubric import Rubric, load_rubric
-from .store import RunDir, read_jsonl, stable_hash, write_jsonl
+from .store import RunDir, stable_hash, write_jsonl
 
 
 @dataclass
@@ -64,19 +63,13 @@ def train_pairs(group: list[Scored], min_gap: float) -> list[tuple[Scored, Score
     return out
 
 
-def test_pair(group: list[Scored]) -> tuple[Scored, Scored] | None:
+def best_worst_pair(group: list[Scored]) -> tuple[Scored, Scored] | None:
     """Highest against lowest; None when all scores are equal or there is only one response."""
     if len(group) < 2:
         return None
     ranked = sorted(group, key=lambda s: (-s.score, s.response.id))
     hi, lo = ranked[0], ranked[-1]
     return (hi, lo) if hi.score > lo.score else None
-
-
-def as_question(speech: Speech) -> str:
-    if not speech.context:
-        return speech.text
-    return "\n\n".join(speech.context_lines() + [f"Client: {speech.text}"])
 
 
 def rating_int(score: float) -> int:
@@ -107,14 +100,15 @@ def pair_row(speech: Speech, chosen: Scored, rejected: Scored, keys: list[str]) 
     return row
 
 
-def build(speeches: dict[str, Speech], groups: dict[str, list[Scored]], rubric: Rubric,
-          cfg: PairsConfig) -> tuple[list[dict], list[dict]]:
+def build(
+    speeches: dict[str, Speech], groups: dict[str, list[Scored]], rubric: Rubric, cfg: PairsConfig
+) -> tuple[list[dict], list[dict]]:
     test_ids = split_speeches(list(groups), cfg.test_fraction, cfg.seed)
     train, test = [], []
     for sid in sorted(groups):
         group = sorted(groups[sid], key=lambda s: s.response.id)
         if sid in test_ids:
-            pair = test_pair(group)
+            pair = best_worst_pair(group)
             if pair:
                 test.append(pair_row(speeches[sid], *pair, rubric.keys))
         else:
@@ -126,7 +120,9 @@ def write_parquet(path, rows: list[dict], keys: list[str]) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    fields = [(c, pa.string()) for c in ("ID", "prefID", "question", "chosen", "rejected", "chosen_model", "rejected_model")]
+    fields = [
+        (c, pa.string()) for c in ("ID", "prefID", "question", "chosen", "rejected", "chosen_model", "rejected_model")
+    ]
     fields += [(f"{side}_{k}_rating", pa.int64()) for side in ("chosen", "rejected") for k in keys]
     fields += [(c, pa.float64()) for c in ("chosen_score", "rejected_score", "margin")]
     schema = pa.schema(fields)
@@ -136,16 +132,12 @@ def write_parquet(path, rows: list[dict], keys: list[str]) -> None:
     tmp.replace(path)
 
 
-def run(cfg: PairsConfig, rundir: RunDir, rubric_path=None, judge: str | None = None) -> dict[str, Any]:
-    from .card import write_card
-
-    rubric = load_rubric(rubric_path)
-    speeches = {s.id: s for s in load_speeches(rundir)}
-    responses = {r["id"]: Response.from_dict(r) for r in read_jsonl(rundir.responses)}
-    judge = judge or rundir.read_run_json().get("stages", {}).get("rate", {}).get("judge")
-    if not judge:
-        raise UserError(f"no ratings recorded in {rundir.run_json}; run 'psychocounsel rate' first")
-    ratings = [r for r in current_ratings(rundir, judge) if r.response_id in responses]
+def _scored_groups(rundir: RunDir, rubric: Rubric, judge: str) -> tuple[dict, dict, int, int]:
+    """(speeches, responses scored per speech, ratings read, failed ratings) of one judge's ratings
+    of responses to the current speeches."""
+    speeches = {s.id: s for s in rundir.read_speeches()}
+    responses = {r.id: r for r in rundir.read_responses() if r.speech_id in speeches}
+    ratings = [r for r in rundir.read_ratings(judge) if r.response_id in responses]
     if not ratings:
         raise UserError(f"no ratings in {rundir.ratings}; run 'psychocounsel rate' first")
     groups: dict[str, list[Scored]] = defaultdict(list)
@@ -155,12 +147,38 @@ def run(cfg: PairsConfig, rundir: RunDir, rubric_path=None, judge: str | None = 
             failed += 1  # never scored by default: a failed rating keeps its response out of pairs
             continue
         groups[r.speech_id].append(Scored(responses[r.response_id], r, rubric.score(r.scores)))
+    return speeches, groups, len(ratings), failed
+
+
+def run(cfg: PairsConfig, rundir: RunDir, rubric_path=None, force: bool = False) -> dict[str, Any]:
+    """Write RUN/pairs from the ratings of the last rate stage. No train pair at all is an error
+    that writes nothing (unless ``force``): there is nothing to train on, and existing pairs stay."""
+    from .card import write_card
+
+    rubric = load_rubric(rubric_path)
+    judge = rundir.read_run_json().get("stages", {}).get("rate", {}).get("judge")
+    if not judge:
+        raise UserError(f"no ratings recorded in {rundir.run_json}; run 'psychocounsel rate' first")
+    speeches, groups, n_ratings, failed = _scored_groups(rundir, rubric, judge)
     train, test = build(speeches, groups, rubric, cfg)
+    if not train and not force:
+        raise UserError(
+            f"no train pair: no two responses of a speech differ by min_gap {cfg.min_gap} or more "
+            f"({n_ratings - failed} usable ratings); nothing written. Lower --min-gap, add generators, "
+            "or --force to write empty pairs"
+        )
     out = rundir.pairs
     out.mkdir(parents=True, exist_ok=True)
     for name, rows in (("train", train), ("test", test)):
         write_parquet(out / f"{name}.parquet", rows, rubric.keys)
         write_jsonl(out / f"{name}.jsonl", rows)
     write_card(out / "README.md", train, test, groups, rubric, cfg)
-    return {"items_in": len(ratings), "items_out": len(train) + len(test), "failed": failed,
-            "calls_made": 0, "calls_cached": 0, "train_pairs": len(train), "test_pairs": len(test)}
+    return {
+        "items_in": n_ratings,
+        "items_out": len(train) + len(test),
+        "failed": failed,
+        "calls_made": 0,
+        "calls_cached": 0,
+        "train_pairs": len(train),
+        "test_pairs": len(test),
+    }

@@ -28,66 +28,82 @@ def versions() -> dict[str, str]:
     return out
 
 
-def _ingest(cfg: RunConfig, rundir: RunDir) -> dict[str, Any]:
+def _ingest(cfg: RunConfig, rundir: RunDir, force: bool) -> dict[str, Any]:
     from . import ingest
 
     if cfg.ingest.input is None:
         raise UserError("no input to ingest: set ingest.input in the config or pass INPUT")
-    return ingest.run(cfg.ingest, rundir.speeches, log=log.info)
+    return ingest.run(cfg.ingest, rundir, force=force)
 
 
-def _generate(cfg: RunConfig, rundir: RunDir) -> dict[str, Any]:
+def _generate(cfg: RunConfig, rundir: RunDir, force: bool) -> dict[str, Any]:
     from . import generate
 
     return generate.run(cfg.generate, rundir)
 
 
-def _rate(cfg: RunConfig, rundir: RunDir) -> dict[str, Any]:
+def _rate(cfg: RunConfig, rundir: RunDir, force: bool) -> dict[str, Any]:
     from . import rate
 
     return rate.run(cfg.rate, rundir)
 
 
-def _pairs(cfg: RunConfig, rundir: RunDir) -> dict[str, Any]:
+def _pairs(cfg: RunConfig, rundir: RunDir, force: bool) -> dict[str, Any]:
     from . import pairs
 
-    return pairs.run(cfg.pairs, rundir, cfg.rate.rubric)
+    return pairs.run(cfg.pairs, rundir, cfg.rate.rubric, force=force)
 
 
 def _training(name: str):
-    def stage(cfg: RunConfig, rundir: RunDir) -> dict[str, Any]:
+    def stage(cfg: RunConfig, rundir: RunDir, force: bool) -> dict[str, Any]:
         from . import training_stages
 
         return getattr(training_stages, name)(getattr(cfg, name), rundir)
+
     return stage
 
 
-def _eval(cfg: RunConfig, rundir: RunDir) -> dict[str, Any]:
+def _eval(cfg: RunConfig, rundir: RunDir, force: bool) -> dict[str, Any]:
     from .evaluate import winrate
 
     result = winrate.run(cfg.eval, rundir.root / "eval", run_dir=rundir.root, rubric_path=cfg.rate.rubric)
-    return {"items_in": result["n_speeches"], "items_out": result["n"], "failed": result["failed"],
-            "calls_made": result["calls_made"], "calls_cached": result["calls_cached"],
-            "win_rate": result["win_rate"], "lc_win_rate": result["lc_win_rate"], "judge": result["judge"]}
+    return {
+        "items_in": result["n_speeches"],
+        "items_out": result["n"],
+        "failed": result["failed"],
+        "calls_made": result["calls_made"],
+        "calls_cached": result["calls_cached"],
+        "win_rate": result["win_rate"],
+        "lc_win_rate": result["lc_win_rate"],
+        "judge": result["judge"],
+    }
 
 
-def _report(cfg: RunConfig, rundir: RunDir) -> dict[str, Any]:
+def _report(cfg: RunConfig, rundir: RunDir, force: bool) -> dict[str, Any]:
     from .report import write_report
 
     path = write_report(rundir.root)
     return {"report": str(path)}
 
 
-RUNNERS = {"ingest": _ingest, "generate": _generate, "rate": _rate, "pairs": _pairs, "eval": _eval,
-           "report": _report, **{name: _training(name) for name in ("reward_model", "dpo", "online")}}
+RUNNERS = {
+    "ingest": _ingest,
+    "generate": _generate,
+    "rate": _rate,
+    "pairs": _pairs,
+    "eval": _eval,
+    "report": _report,
+    **{name: _training(name) for name in ("reward_model", "dpo", "online")},
+}
 
 
-def run_stage(name: str, cfg: RunConfig, rundir: RunDir) -> dict[str, Any]:
-    """Run one stage, time it, and overwrite ``stages.<name>`` in run.json with its figures."""
+def run_stage(name: str, cfg: RunConfig, rundir: RunDir, force: bool = False) -> dict[str, Any]:
+    """Run one stage, time it, and overwrite ``stages.<name>`` in run.json with its figures.
+    ``force``: let ingest and pairs replace existing rows with none (see their modules)."""
     if name not in RUNNERS:
         raise UserError(f"unknown stage '{name}'; stages: {', '.join(STAGES)}")
     start = time.perf_counter()
-    stats = RUNNERS[name](cfg, rundir)
+    stats = RUNNERS[name](cfg, rundir, force)
     stats.setdefault("calls_made", 0)  # stages without model calls report zeros, not gaps
     stats.setdefault("calls_cached", 0)
     stats["seconds"] = round(time.perf_counter() - start, 2)
@@ -96,17 +112,22 @@ def run_stage(name: str, cfg: RunConfig, rundir: RunDir) -> dict[str, Any]:
     return stats
 
 
-def run(cfg: RunConfig, run_dir: str | Path, until: str | None = None, config_path: str | None = None) -> dict:
+def run(
+    cfg: RunConfig, run_dir: str | Path, until: str | None = None, config_path: str | None = None, force: bool = False
+) -> dict:
     """All stages in order up to ``until``. Each stage skips what is already done, so rerunning
     an interrupted (or finished) run completes it without repeating or duplicating work."""
+    from .rubric import load_rubric
+
     if until is not None and until not in STAGES:
         raise UserError(f"--until must be one of {', '.join(STAGES)}; got '{until}'")
+    load_rubric(cfg.rate.rubric)  # a bad rubric stops the run before run.json is touched
     rundir = RunDir(run_dir)
     rundir.update_run_json(config=cfg.model_dump(mode="json"), config_path=config_path, versions=versions())
     results = {}
     for name in STAGES:
         if name not in OPTIONAL_STAGES or getattr(cfg, name) is not None:
-            results[name] = run_stage(name, cfg, rundir)
+            results[name] = run_stage(name, cfg, rundir, force)
         if name == until:
             break
     return results

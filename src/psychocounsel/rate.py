@@ -2,7 +2,9 @@
 
 Ratings are appended in chunks; a rerun rates only responses without a rating from the same
 judge and rubric. A failed rating (unparseable after retries, backend error) is kept with its
-reason and raw text and never given a score; delete ratings.jsonl rows to retry them.
+reason and raw text and never given a score; delete ratings.jsonl rows to retry them. When every
+rating of the first chunk fails and nothing was rated before, the stage stops with the reason
+and writes nothing: a judge that cannot rate at all is a setup problem, not data.
 """
 
 from __future__ import annotations
@@ -12,12 +14,11 @@ from typing import Any
 
 from .config import RateConfig
 from .errors import UserError
-from .generate import load_speeches
-from .judge import build_judge, judge_name
+from .judge import build_judge
 from .progress import bar
-from .records import Rating, Response
 from .rubric import Rubric, load_rubric
-from .store import Cache, RunDir, append_jsonl, read_jsonl, stable_hash
+from .specs import judge_name
+from .store import Cache, RunDir, append_jsonl, stable_hash
 
 log = logging.getLogger(__name__)
 CHUNK = 32  # responses rated per append: bounds the work lost to a kill
@@ -28,27 +29,31 @@ def judge_key(cfg: RateConfig, rubric: Rubric) -> str:
     return stable_hash([cfg.judge.model_dump(mode="json"), rubric.model_dump(mode="json")], 12)
 
 
-def current_ratings(rundir: RunDir, key: str) -> list[Rating]:
-    return [Rating.from_dict(d) for d in read_jsonl(rundir.ratings) if d.get("judge") == key]
-
-
 def run(cfg: RateConfig, rundir: RunDir) -> dict[str, Any]:
     rubric = load_rubric(cfg.rubric)
-    speeches = {s.id: s for s in load_speeches(rundir)}
-    responses = [Response.from_dict(d) for d in read_jsonl(rundir.responses)]
+    speeches = {s.id: s for s in rundir.read_speeches()}
+    responses = [r for r in rundir.read_responses() if r.speech_id in speeches]
     if not responses:
         raise UserError(f"no responses in {rundir.responses}; run 'psychocounsel generate' first")
     key = judge_key(cfg, rubric)
-    done = {r.response_id for r in current_ratings(rundir, key)}
-    todo = [(speeches[r.speech_id], r) for r in responses if r.id not in done and r.speech_id in speeches]
-    cache = Cache(rundir.cache_path)
+    done = {r.response_id for r in rundir.read_ratings(key)}
+    todo = [(speeches[r.speech_id], r) for r in responses if r.id not in done]
     calls_made = calls_cached = 0
     if todo:
+        cache = Cache(rundir.cache_path)
         judge = build_judge(cfg.judge, rubric, cache)
         progress = bar(len(todo), f"rate ({judge.name})")
+        any_ok = any(not r.failed for r in rundir.read_ratings(key))
         try:
             for start in range(0, len(todo), CHUNK):
                 ratings = judge.rate(todo[start : start + CHUNK], progress=progress.update)
+                any_ok = any_ok or any(not r.failed for r in ratings)
+                if not any_ok:
+                    reasons = "; ".join(sorted({r.error for r in ratings}))[:300]
+                    raise UserError(
+                        f"the judge {judge.name} failed on all {len(ratings)} responses of the first "
+                        f"chunk ({reasons}); nothing written. Check the judge and its mode"
+                    )
                 for r in ratings:
                     r.judge = key
                     if r.failed:
@@ -57,9 +62,16 @@ def run(cfg: RateConfig, rundir: RunDir) -> dict[str, Any]:
         finally:
             progress.close()
             calls_made, calls_cached = judge.calls_made, judge.calls_cached
-    cache.close()
-    ratings = current_ratings(rundir, key)
+            judge.close()
+            cache.close()
+    ratings = rundir.read_ratings(key)
     failed = sum(r.failed for r in ratings)
-    return {"items_in": len(responses), "items_out": len(ratings) - failed, "failed": failed,
-            "calls_made": calls_made, "calls_cached": calls_cached, "judge": key,
-            "judge_name": judge_name(cfg.judge)}
+    return {
+        "items_in": len(responses),
+        "items_out": len(ratings) - failed,
+        "failed": failed,
+        "calls_made": calls_made,
+        "calls_cached": calls_cached,
+        "judge": key,
+        "judge_name": judge_name(cfg.judge.spec, cfg.judge.mode),
+    }

@@ -1,4 +1,4 @@
-"""The data that flows between stages: Speech -> Response -> Rating -> Pair.
+"""The data that flows between stages: Speech -> Response -> Rating (pairs are table rows, see pairs.py).
 
 Each record is a plain dataclass with ``to_dict``/``from_dict`` so that store.py can write it
 as one JSON line. Speech text never goes into logs: log ``id`` instead.
@@ -31,7 +31,7 @@ class Speech:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Speech":
+    def from_dict(cls, data: dict[str, Any]) -> Speech:
         return _from_dict(cls, data)
 
     def context_lines(self) -> list[str]:
@@ -64,7 +64,7 @@ class Response:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Response":
+    def from_dict(cls, data: dict[str, Any]) -> Response:
         return _from_dict(cls, data)
 
 
@@ -89,5 +89,5 @@ class Rating:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Rating":
+    def from_dict(cls, data: dict[str, Any]) -> Rating:
         return _from_dict(cls, data)

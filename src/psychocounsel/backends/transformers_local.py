@@ -1,7 +1,9 @@
 """Local Hugging Face models (a model folder or a GGUF file), batched, on CPU or GPU.
 
 Sampling is made reproducible per batch: the torch seed of a batch is derived from the requests
-in it, so the same batch gives the same text whether it runs first or after a resumed crash.
+in it, so the same batch gives the same text whether it runs first or after a resumed crash. The
+seed is set inside ``torch.random.fork_rng()``, so the process's own random state (a trainer's,
+in train-online) is left as it was.
 """
 
 from __future__ import annotations
@@ -35,33 +37,44 @@ def _pick_device(name: str) -> str:
     return "mps" if torch.backends.mps.is_available() else "cpu"
 
 
+def _dtype_name(name: str, device: str) -> str:
+    """The torch dtype a model is loaded in: ``auto`` is bfloat16 on CUDA, float32 elsewhere."""
+    if name == "auto":
+        return "bfloat16" if device.startswith("cuda") else "float32"
+    return name
+
+
 class TransformersBackend(Backend):
     name = "transformers"
 
     def __init__(self, path: str, cfg: BackendConfig):
-        from ..models import resolve_local_model
+        """``path``: a model folder or .gguf file, or "default" (SmolLM2-135M-Instruct)."""
+        from ..specs import local_model, parse_spec
 
         self.cfg = cfg
-        self.path = resolve_local_model(path)
-        self.model = "default" if path == "default" else str(path)
+        self.path = local_model(path)
+        self.is_default = parse_spec(path).kind == "default"
+        self.model = "default" if self.is_default else str(path)
         self._lm = None
         self._tok = None
         self.device = _pick_device(cfg.device)
+        self.dtype = _dtype_name(cfg.dtype, self.device)
 
     def identity(self) -> dict[str, Any]:
         # The model is named by what it is, not where it lies, so that a moved cache still hits.
         # A folder's weights are fingerprinted too: a policy retrained in the same folder is a new model.
-        if self.model == "default":
-            return {"backend": self.name, "model": self.path.name}
-        return {"backend": self.name, "model": self.model, "weights": weights_fingerprint(self.path)}
+        # dtype and device are part of it: a bf16 GPU run and an fp32 CPU run sample different text.
+        where = {"dtype": self.dtype, "device": self.device.split(":")[0]}
+        if self.is_default:
+            return {"backend": self.name, "model": self.path.name, **where}
+        return {"backend": self.name, "model": self.model, "weights": weights_fingerprint(self.path), **where}
 
     def _load(self):
         if self._lm is None:
             import torch
             from transformers import AutoModelForCausalLM, AutoTokenizer
 
-            dtype = {"auto": torch.bfloat16 if self.device == "cuda" else torch.float32,
-                     "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[self.cfg.dtype]
+            dtype = getattr(torch, self.dtype)
             self._tok = AutoTokenizer.from_pretrained(self.path)
             self._tok.padding_side = "left"  # decoder-only batches are padded on the left
             if self._tok.pad_token is None:
@@ -72,11 +85,11 @@ class TransformersBackend(Backend):
     def _encode(self, requests: list[ChatRequest]):
         _, tok = self._load()
         if tok.chat_template:
-            texts = [tok.apply_chat_template(r.messages, tokenize=False, add_generation_prompt=True)
-                     for r in requests]
+            texts = [tok.apply_chat_template(r.messages, tokenize=False, add_generation_prompt=True) for r in requests]
         else:  # a base model: plain transcript
-            texts = ["\n\n".join(f"{m['role']}: {m['content']}" for m in r.messages) + "\n\nassistant:"
-                     for r in requests]
+            texts = [
+                "\n\n".join(f"{m['role']}: {m['content']}" for m in r.messages) + "\n\nassistant:" for r in requests
+            ]
         return tok(texts, return_tensors="pt", padding=True, add_special_tokens=not tok.chat_template).to(self.device)
 
     def _run_batch(self, batch: list[ChatRequest]) -> list[Completion]:
@@ -87,9 +100,10 @@ class TransformersBackend(Backend):
         enc = self._encode(batch)
         temperature = float(params.get("temperature", 0.0))
         want_logprobs = bool(params.get("logprobs"))
-        torch.manual_seed(int(stable_hash([r.messages for r in batch] + [params], 8), 16))
         start = time.perf_counter()
-        with torch.no_grad():
+        devices = [torch.cuda.current_device()] if self.device.startswith("cuda") else []
+        with torch.no_grad(), torch.random.fork_rng(devices=devices):
+            torch.manual_seed(int(stable_hash([r.messages for r in batch] + [params], 8), 16))
             out = lm.generate(
                 **enc,
                 max_new_tokens=int(params.get("max_tokens", 256)),
@@ -106,19 +120,24 @@ class TransformersBackend(Backend):
         results = []
         for i, req in enumerate(batch):
             gen = out.sequences[i, prompt_len:]
-            n_new = int((gen != tok.pad_token_id).sum()) if tok.pad_token_id != tok.eos_token_id else \
-                int(len(gen) - (gen == tok.eos_token_id).int().cumsum(0).gt(1).sum())
+            n_new = (
+                int((gen != tok.pad_token_id).sum())
+                if tok.pad_token_id != tok.eos_token_id
+                else int(len(gen) - (gen == tok.eos_token_id).int().cumsum(0).gt(1).sum())
+            )
             top = self._top_logprobs(out.scores[0][i], int(params.get("top_logprobs", 20))) if want_logprobs else None
-            results.append(Completion(
-                text=tok.decode(gen, skip_special_tokens=True).strip(),
-                model=self.identity()["model"],
-                params=req.params,
-                latency_s=latency,
-                prompt_tokens=int(enc["attention_mask"][i].sum()),
-                completion_tokens=n_new,
-                top_logprobs=top,
-                finish_reason="stop" if tok.eos_token_id in gen.tolist() else "length",
-            ))
+            results.append(
+                Completion(
+                    text=tok.decode(gen, skip_special_tokens=True).strip(),
+                    model=self.identity()["model"],
+                    params=req.params,
+                    latency_s=latency,
+                    prompt_tokens=int(enc["attention_mask"][i].sum()),
+                    completion_tokens=n_new,
+                    top_logprobs=top,
+                    finish_reason="stop" if tok.eos_token_id in gen.tolist() else "length",
+                )
+            )
         return results
 
     def _top_logprobs(self, logits, k: int) -> dict[str, float]:
@@ -146,8 +165,10 @@ class TransformersBackend(Backend):
             try:
                 results.extend(self._run_batch(batch))
             except RuntimeError as e:  # e.g. out of memory: fail these rows, keep the run going
-                results.extend(Completion(text="", model=self.model, params=r.params,
-                                          error=f"generation failed: {str(e)[:200]}") for r in batch)
+                results.extend(
+                    Completion(text="", model=self.model, params=r.params, error=f"generation failed: {str(e)[:200]}")
+                    for r in batch
+                )
             if progress:
                 progress(len(batch))
             i = j

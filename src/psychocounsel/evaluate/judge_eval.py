@@ -30,6 +30,7 @@ import random
 from pathlib import Path
 from typing import Any
 
+from ..config import JudgeEvalConfig
 from ..errors import UserError
 from ..records import Speech
 from .stats import AS_SIDE, bootstrap_ci, cohen_kappa, combine_orders, position_consistency
@@ -61,7 +62,7 @@ def _label(value: Any, where: str, i: int) -> str:
 def normalize_labelled(rows: list[dict], where: str) -> list[dict]:
     """Form (a) rows as {prompt, chosen, rejected}; form (b) rows as {prompt, response_a,
     response_b, label}. Missing columns are a UserError naming them."""
-    from ..train.reward import normalize_rows, text_field
+    from ..pairs_io import normalize_rows, text_field
 
     if not rows:
         raise UserError(f"{where} has no rows")
@@ -72,14 +73,20 @@ def normalize_labelled(rows: list[dict], where: str) -> list[dict]:
     missing = [c for c in _FORM_B if c not in present] + ([] if prompt_key else ["question (or prompt)"])
     if missing:
         raise UserError(f"{where} lacks column(s) {', '.join(missing)}; columns present: {', '.join(present)}")
-    return [{"prompt": text_field(r, prompt_key, where, i), "response_a": text_field(r, "response_a", where, i),
-             "response_b": text_field(r, "response_b", where, i), "label": _label(r.get("label"), where, i)}
-            for i, r in enumerate(rows)]
+    return [
+        {
+            "prompt": text_field(r, prompt_key, where, i),
+            "response_a": text_field(r, "response_a", where, i),
+            "response_b": text_field(r, "response_b", where, i),
+            "label": _label(r.get("label"), where, i),
+        }
+        for i, r in enumerate(rows)
+    ]
 
 
 def load_labelled_pairs(path: str | Path) -> list[dict]:
     """Human-labelled pairs from a .jsonl, .csv or .parquet file (see the module docstring)."""
-    from ..train.reward import read_table_file
+    from ..pairs_io import read_table_file
 
     path = Path(path).expanduser()
     if not path.is_file():
@@ -104,16 +111,18 @@ def assign_positions(rows: list[dict], seed: int = 0) -> list[dict]:
         if "label" in row:
             out.append({k: row[k] for k in ("prompt", "response_a", "response_b", "label")})
         elif i in chosen_first:
-            out.append({"prompt": row["prompt"], "response_a": row["chosen"], "response_b": row["rejected"],
-                        "label": "A"})
+            out.append(
+                {"prompt": row["prompt"], "response_a": row["chosen"], "response_b": row["rejected"], "label": "A"}
+            )
         else:
-            out.append({"prompt": row["prompt"], "response_a": row["rejected"], "response_b": row["chosen"],
-                        "label": "B"})
+            out.append(
+                {"prompt": row["prompt"], "response_a": row["rejected"], "response_b": row["chosen"], "label": "B"}
+            )
     return out
 
 
 def _text(x: str | list[dict]) -> str:
-    from .reward_eval import as_text
+    from ..reward_model import as_text
 
     return as_text(x)
 
@@ -143,20 +152,30 @@ def _judge_both_orders(judge, pairs: list[dict]) -> list[tuple[Any, Any]]:
     out: list[tuple[Any, Any]] = []
     with bar(len(pairs), f"judging ({judge.name})") as progress:
         for start in range(0, len(pairs), CHUNK):
-            chunk = pairs[start:start + CHUNK]
-            items = [Comparison(as_speech(p["prompt"], f"row-{start + i + 1}"), _text(p["response_a"]),
-                                _text(p["response_b"]), f"row-{start + i + 1}:ab") for i, p in enumerate(chunk)]
+            chunk = pairs[start : start + CHUNK]
+            items = [
+                Comparison(
+                    as_speech(p["prompt"], f"row-{start + i + 1}"),
+                    _text(p["response_a"]),
+                    _text(p["response_b"]),
+                    f"row-{start + i + 1}:ab",
+                )
+                for i, p in enumerate(chunk)
+            ]
             verdicts = judge.compare(items + [it.swapped() for it in items])
             if len(verdicts) != 2 * len(items):
                 raise RuntimeError(f"judge {judge.name} returned {len(verdicts)} verdicts for {2 * len(items)} items")
-            out.extend(zip(verdicts[:len(items)], verdicts[len(items):]))
+            out.extend(zip(verdicts[: len(items)], verdicts[len(items) :]))
             progress.update(len(chunk))
     return out
 
 
 def _failure(verdicts: tuple[Any, Any]) -> str | None:
-    reasons = [f"{order}: {v.error or 'no verdict'}" for order, v in zip(("A/B", "B/A"), verdicts)
-               if v.failed or v.overall not in LABELS]
+    reasons = [
+        f"{order}: {v.error or 'no verdict'}"
+        for order, v in zip(("A/B", "B/A"), verdicts)
+        if v.failed or v.overall not in LABELS
+    ]
     return "; ".join(reasons) or None
 
 
@@ -205,31 +224,40 @@ def evaluate_judge(judge, rows: list[dict], seed: int = 0) -> dict[str, Any]:
     if labels:
         report.update(agreement_metrics(labels, firsts, seconds, seed))
     else:
-        report.update(n=0, accuracy=None, accuracy_strict=None, accuracy_ci=None, cohen_kappa=None,
-                      position_consistency=None, verdicts={lab: 0 for lab in LABELS})
+        report.update(
+            n=0,
+            accuracy=None,
+            accuracy_strict=None,
+            accuracy_ci=None,
+            cohen_kappa=None,
+            position_consistency=None,
+            verdicts={lab: 0 for lab in LABELS},
+        )
     report.update(failed=len(failures), failures=failures)
     return report
 
 
-def run_eval_judge(specs: list[str], data: str | Path, out: Path | None = None, mode: str = "json",
-                   base_url: str | None = None, cache_path: Path | None = None, limit: int | None = None,
-                   seed: int = 0) -> dict[str, Any]:
+def run_eval_judge(
+    cfg: JudgeEvalConfig, data: str | Path, out: Path | None = None, cache_path: Path | None = None
+) -> dict[str, Any]:
     """``psychocounsel eval-judge``: build the judge (a panel when several specs), judge the
     labelled pairs of ``data``, write the report to ``out`` when given. LLM calls are cached in
     ``cache_path`` (default: ``judge_cache.sqlite`` beside ``out``; in memory without ``out``)."""
-    from ..judge.pairwise import build_panel
+    from ..judge import build_judge
     from ..rubric import load_rubric
     from ..store import Cache, write_json
 
-    rows = load_labelled_pairs(data)[:limit]  # limit None: every row
+    rows = load_labelled_pairs(data)[: cfg.limit]  # limit None: every row
     if cache_path is None:
         cache_path = Path(out).with_name("judge_cache.sqlite") if out else Path(":memory:")
     cache = Cache(cache_path)
-    judge = build_panel(list(specs), load_rubric(), cache, mode=mode, base_url=base_url)
     try:
-        report = evaluate_judge(judge, rows, seed)
+        judge = build_judge(cfg.judge, load_rubric(), cache)
+        try:
+            report = evaluate_judge(judge, rows, cfg.seed)
+        finally:
+            judge.close()
     finally:
-        judge.close()
         cache.close()
     if out:
         write_json(out, report)

@@ -30,8 +30,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-MAX_ITER = 100   # Newton converges in < 10 steps here; 100 only guards against a bug
-TOL = 1e-10      # stop when no coefficient moves more than this
+MAX_ITER = 100  # Newton converges in < 10 steps here; 100 only guards against a bug
+TOL = 1e-10  # stop when no coefficient moves more than this
 MAX_HALVINGS = 50
 
 
@@ -40,8 +40,9 @@ def _sigmoid(z: np.ndarray) -> np.ndarray:
     return 0.5 * (1.0 + np.tanh(z / 2.0))
 
 
-def _checked(outcomes: Sequence[float], len_policy: Sequence[float],
-             len_reference: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+def _checked(
+    outcomes: Sequence[float], len_policy: Sequence[float], len_reference: Sequence[float]
+) -> tuple[np.ndarray, np.ndarray]:
     """(outcomes, length differences) as float arrays, or ValueError naming the problem."""
     y = np.asarray(outcomes, dtype=float).ravel()
     lp = np.asarray(len_policy, dtype=float).ravel()
@@ -49,8 +50,9 @@ def _checked(outcomes: Sequence[float], len_policy: Sequence[float],
     if y.size == 0:
         raise ValueError("length-controlled win rate needs at least one outcome; got none")
     if not (y.size == lp.size == lr.size):
-        raise ValueError(f"mismatched lengths: {y.size} outcomes, {lp.size} policy lengths, "
-                         f"{lr.size} reference lengths")
+        raise ValueError(
+            f"mismatched lengths: {y.size} outcomes, {lp.size} policy lengths, {lr.size} reference lengths"
+        )
     if not np.all(np.isfinite(y)) or np.any((y < 0) | (y > 1)):
         raise ValueError("outcomes must be finite numbers in [0, 1] (1 win, 0.5 tie, 0 loss)")
     if not (np.all(np.isfinite(lp)) and np.all(np.isfinite(lr))):
@@ -101,12 +103,14 @@ def _newton(X: np.ndarray, y: np.ndarray, l2: float) -> np.ndarray:
         beta, loss = new_beta, new_loss
         if np.max(np.abs(step)) < TOL:
             return beta
-    raise RuntimeError(f"length GLM did not converge in {MAX_ITER} Newton steps "
-                       f"(last coefficients {beta.tolist()}); try a larger l2")
+    raise RuntimeError(
+        f"length GLM did not converge in {MAX_ITER} Newton steps (last coefficients {beta.tolist()}); try a larger l2"
+    )
 
 
-def fit_length_glm(outcomes: Sequence[float], len_policy: Sequence[float],
-                   len_reference: Sequence[float], l2: float = 1e-3) -> dict[str, float]:
+def fit_length_glm(
+    outcomes: Sequence[float], len_policy: Sequence[float], len_reference: Sequence[float], l2: float = 1e-3
+) -> dict[str, float]:
     """Fit ``logit p = b0 + b1 * tanh(dlen / std(dlen))`` to per-item outcomes.
 
     ``outcomes[i]`` is 1 when the policy wins item i, 0 when it loses, 0.5 for a tie (any value
@@ -134,12 +138,16 @@ def fit_length_glm(outcomes: Sequence[float], len_policy: Sequence[float],
         b0, b1 = (np.inf if y[0] == 1.0 else -np.inf), 0.0
     else:
         b0, b1 = _newton(np.column_stack([np.ones_like(x), x]), y, l2)
-    return {"intercept": float(b0), "length_coef": float(b1),
-            "lc_win_rate": float(_sigmoid(np.float64(b0))), "n": int(y.size), "length_std": std}
+    return {
+        "intercept": float(b0),
+        "length_coef": float(b1),
+        "lc_win_rate": float(_sigmoid(np.float64(b0))),
+        "n": int(y.size),
+        "length_std": std,
+    }
 
 
-def lc_win_rate(outcomes: Sequence[float], len_policy: Sequence[float],
-                len_reference: Sequence[float]) -> float:
+def lc_win_rate(outcomes: Sequence[float], len_policy: Sequence[float], len_reference: Sequence[float]) -> float:
     """The length-controlled win rate: ``fit_length_glm(...)["lc_win_rate"]``.
 
     Here the policy wins exactly the two items where it is longer (raw win rate 0.5), so the

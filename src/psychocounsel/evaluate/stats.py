@@ -20,7 +20,7 @@ POLICY, REFERENCE, TIE = "policy", "reference", "tie"
 VERDICT_VALUE = {POLICY: 1.0, TIE: 0.5, REFERENCE: 0.0}
 # Resamples per chunk in bootstrap_ci: n_boot * n indices at once would be 1.6 GB for 2000
 # resamples of 100,000 values; chunks of ~2**22 indices (32 MB) keep it bounded.
-_CHUNK_INDICES = 2 ** 22
+_CHUNK_INDICES = 2**22
 
 
 def outcome_value(verdict: str) -> float:
@@ -32,8 +32,7 @@ def outcome_value(verdict: str) -> float:
     try:
         return VERDICT_VALUE[verdict]
     except (KeyError, TypeError):
-        raise ValueError(f"unknown verdict {verdict!r}; expected one of "
-                         f"{sorted(VERDICT_VALUE)}") from None
+        raise ValueError(f"unknown verdict {verdict!r}; expected one of {sorted(VERDICT_VALUE)}") from None
 
 
 # A verdict in positions as a side, per order: the policy is A in the first order, B in the second.
@@ -51,7 +50,7 @@ def combine_orders(first: str, second: str) -> str:
     >>> combine_orders("reference", "reference"), combine_orders("tie", "policy")
     ('reference', 'tie')
     """
-    outcome_value(first), outcome_value(second)   # validate both
+    outcome_value(first), outcome_value(second)  # validate both
     return first if first == second and first != TIE else TIE
 
 
@@ -97,13 +96,14 @@ def counts(verdicts: Iterable[str]) -> dict[str, int]:
     out = {"wins": 0, "ties": 0, "losses": 0}
     key = {POLICY: "wins", TIE: "ties", REFERENCE: "losses"}
     for v in verdicts:
-        outcome_value(v)   # validate
+        outcome_value(v)  # validate
         out[key[v]] += 1
     return out
 
 
-def bootstrap_ci(values: Sequence[float], n_boot: int = 2000, seed: int = 0,
-                 level: float = 0.95) -> tuple[float, float]:
+def bootstrap_ci(
+    values: Sequence[float], n_boot: int = 2000, seed: int = 0, level: float = 0.95
+) -> tuple[float, float]:
     """Percentile bootstrap confidence interval for the mean of ``values``.
 
     Draws ``n_boot`` resamples of size n with replacement from ``numpy.random.Generator(seed)``
@@ -129,15 +129,17 @@ def bootstrap_ci(values: Sequence[float], n_boot: int = 2000, seed: int = 0,
         return float(x[0]), float(x[0])
     rng = np.random.default_rng(seed)
     rows = max(1, _CHUNK_INDICES // x.size)
-    means = np.concatenate([
-        x[rng.integers(0, x.size, size=(min(rows, n_boot - start), x.size))].mean(axis=1)
-        for start in range(0, n_boot, rows)])
+    means = np.concatenate(
+        [
+            x[rng.integers(0, x.size, size=(min(rows, n_boot - start), x.size))].mean(axis=1)
+            for start in range(0, n_boot, rows)
+        ]
+    )
     lo, hi = np.quantile(means, [(1.0 - level) / 2.0, (1.0 + level) / 2.0])
     return float(lo), float(hi)
 
 
-def cohen_kappa(a: Sequence[Hashable], b: Sequence[Hashable],
-                labels: Sequence[Hashable] | None = None) -> float:
+def cohen_kappa(a: Sequence[Hashable], b: Sequence[Hashable], labels: Sequence[Hashable] | None = None) -> float:
     """Cohen's kappa between two raters: ``(p_o - p_e) / (1 - p_e)``.
 
     ``p_o`` is the share of items both raters label alike; ``p_e`` the agreement expected by

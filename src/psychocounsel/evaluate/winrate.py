@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from pathlib import Path
 from typing import Any
 
-from ..config import BackendConfig, EvalConfig, WinrateJudgeConfig
+from ..config import BackendConfig, EvalConfig
 from ..errors import UserError
 from ..records import Speech
-from ..store import Cache, read_jsonl, stable_hash, write_json, write_jsonl
+from ..store import Cache, stable_hash, write_json, write_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +32,7 @@ CHUNK = 32  # speeches per generation call: a killed run keeps every finished ch
 
 
 # -- speeches ---------------------------------------------------------------------------------
+
 
 def _speech(row: dict, n: int, where: str) -> Speech:
     text = row.get("text")
@@ -43,20 +43,26 @@ def _speech(row: dict, n: int, where: str) -> Speech:
     if not isinstance(text, str) or not text.strip():
         raise UserError(f"{where}:{n}: no speech text (need 'text', 'turns', 'question' or 'prompt')")
     sid = row.get("id", row.get("question_id"))
-    return Speech(id=str(sid) if sid is not None else "s-" + stable_hash(text.strip(), 12), text=text.strip(),
-                  topic=row.get("topic") or row.get("category"), context=row.get("context") or [])
+    return Speech(
+        id=str(sid) if sid is not None else "s-" + stable_hash(text.strip(), 12),
+        text=text.strip(),
+        topic=row.get("topic") or row.get("category"),
+        context=row.get("context") or [],
+    )
 
 
 def load_eval_speeches(path: str | Path, limit: int | None = None) -> list[Speech]:
     """Held-out speeches from JSONL: our ``speeches.jsonl`` rows, ``{text}`` rows, or
     MentalChat16K's ``{question_id, category, turns}``. Duplicate ids are an error."""
+    from ..pairs_io import read_jsonl_file
+
     path = Path(path)
     if not path.is_file():
         raise UserError(f"speeches file not found: {path}")
     try:
-        rows = read_jsonl(path)
-    except ValueError as e:
-        raise UserError(f"{path}: {e}") from None
+        rows = read_jsonl_file(path)
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not valid UTF-8 (byte offset {e.start}); re-encode it as UTF-8") from None
     speeches = [_speech(r, i, str(path)) for i, r in enumerate(rows, 1)]
     seen: set[str] = set()
     for s in speeches:
@@ -70,88 +76,56 @@ def load_eval_speeches(path: str | Path, limit: int | None = None) -> list[Speec
 
 # -- answers ----------------------------------------------------------------------------------
 
+
 def resolve_side(cfg: BackendConfig, run_dir: Path | None) -> BackendConfig:
     """``policy``/``online`` name this run's trained models; an existing folder means its model."""
-    named = {"policy": "policy", "online": "online/best"}
-    spec = cfg.spec
-    if spec in named:
-        if run_dir is None or not (run_dir / named[spec] / "config.json").is_file():
-            where = f"{run_dir}/{named[spec]}" if run_dir else f"RUN/{named[spec]}"
-            raise UserError(f"'{spec}' means the model in {where}, which does not exist; train it first "
-                            "or give a backend spec (default, transformers:PATH, openai:MODEL)")
-        spec = f"transformers:{run_dir / named[spec]}"
-    elif ":" not in spec and spec != "default":
-        if not Path(spec).expanduser().exists():
-            raise UserError(f"'{spec}' is neither a backend spec (default, transformers:PATH, openai:MODEL) "
-                            "nor an existing model folder")
-        spec = f"transformers:{spec}"
-    return cfg.model_copy(update={"spec": spec})
+    from ..specs import resolve_backend
+
+    return cfg.model_copy(update={"spec": resolve_backend(cfg.spec, run_dir).text})
 
 
-def answer(side: str, backend_cfg: BackendConfig, speeches: list[Speech], cfg: EvalConfig,
-           cache: Cache) -> list[dict[str, Any]]:
-    """One answer per speech from ``backend_cfg``; failed calls raise (a win rate with holes on
-    one side only would be biased)."""
+def answer(
+    side: str, backend_cfg: BackendConfig, speeches: list[Speech], cfg: EvalConfig, cache: Cache
+) -> tuple[list[dict[str, Any]], tuple[int, int]]:
+    """One answer per speech from ``backend_cfg``, and (calls made, calls cached); failed calls
+    raise (a win rate with holes on one side only would be biased)."""
     from ..backends import ChatRequest, load_backend
-    from ..generate import trim_incomplete
+    from ..cleaning import trim_incomplete
     from ..progress import bar
 
-    backend = load_backend(backend_cfg)
+    backend = load_backend(backend_cfg, cache)
     system = [{"role": "system", "content": cfg.system_prompt}] if cfg.system_prompt else []
     params = {"temperature": cfg.temperature, "max_tokens": cfg.max_tokens, "seed": cfg.seed}
     rows: list[dict[str, Any]] = []
     try:
         with bar(len(speeches), f"answers ({side})") as progress:
             for start in range(0, len(speeches), CHUNK):
-                chunk = speeches[start:start + CHUNK]
-                done = cache.complete(backend, [ChatRequest(system + s.messages(), dict(params)) for s in chunk],
-                                      progress=progress.update)
+                chunk = speeches[start : start + CHUNK]
+                done = backend.complete(
+                    [ChatRequest(system + s.messages(), dict(params)) for s in chunk], progress=progress.update
+                )
                 for s, c in zip(chunk, done):
                     if c.error:
-                        raise UserError(f"{side} failed to answer speech {s.id}: {c.error}; rerun to retry "
-                                        "(finished answers are cached)")
+                        raise UserError(
+                            f"{side} failed to answer speech {s.id}: {c.error}; rerun to retry "
+                            "(finished answers are cached)"
+                        )
                     text = trim_incomplete(c.text) if cfg.trim_incomplete else c.text.strip()
-                    rows.append({"speech_id": s.id, "side": side, "model": backend_cfg.spec, "text": text,
-                                 "completion_tokens": c.completion_tokens})
+                    rows.append(
+                        {
+                            "speech_id": s.id,
+                            "side": side,
+                            "model": backend_cfg.spec,
+                            "text": text,
+                            "completion_tokens": c.completion_tokens,
+                        }
+                    )
     finally:
         backend.close()
-    return rows
+    return rows, (backend.calls_made, backend.calls_cached)
 
 
 # -- judging ----------------------------------------------------------------------------------
-
-def judge_label(jcfg: WinrateJudgeConfig) -> str:
-    """A folder name for a judge: ``reward_model``, ``minilm``, ``llm-json-openai-gpt-4o``, ``panel-...``.
-
-    >>> judge_label(WinrateJudgeConfig(spec="openai:gpt-4o"))
-    'llm-json-openai-gpt-4o'
-    >>> judge_label(WinrateJudgeConfig(spec=["default", "rm:/x/rm"], mode="logprob"))
-    'panel-llm-logprob-default-rm-x-rm'
-    """
-    specs = jcfg.spec if isinstance(jcfg.spec, list) else [jcfg.spec]
-
-    def slug(spec: str) -> str:
-        llm = spec not in ("reward_model", "minilm") and not spec.startswith("rm:")
-        return re.sub(r"[^A-Za-z0-9._]+", "-", f"llm-{jcfg.mode}-{spec}" if llm else spec).strip("-")
-
-    joined = "-".join(slug(s) for s in specs)
-    return ("panel-" + joined if len(specs) > 1 else joined)[:80]
-
-
-def build_judge(jcfg: WinrateJudgeConfig, run_dir: Path | None, rubric, cache: Cache):
-    from ..judge.pairwise import build_panel
-
-    specs = jcfg.spec if isinstance(jcfg.spec, list) else [jcfg.spec]
-    resolved = []
-    for s in specs:
-        if s == "reward_model":
-            if run_dir is None or not (run_dir / "reward_model" / "config.json").is_file():
-                raise UserError("judge 'reward_model' means RUN/reward_model, which does not exist; train it "
-                                "first or name one with rm:PATH")
-            s = f"rm:{run_dir / 'reward_model'}"
-        resolved.append(s)
-    return build_panel(resolved, rubric, cache, mode=jcfg.mode, base_url=jcfg.base_url,
-                       per_principle=jcfg.per_principle, min_mass=jcfg.min_mass)
 
 
 def judge_items(judge, speeches: list[Speech], policy: dict[str, str], reference: dict[str, str]) -> list[dict]:
@@ -165,15 +139,21 @@ def judge_items(judge, speeches: list[Speech], policy: dict[str, str], reference
     rows = []
     for i, s in enumerate(speeches):
         first, second = verdicts[i], verdicts[n + i]
-        row: dict[str, Any] = {"speech_id": s.id, "len_policy": len(policy[s.id]),
-                               "len_reference": len(reference[s.id])}
+        row: dict[str, Any] = {
+            "speech_id": s.id,
+            "len_policy": len(policy[s.id]),
+            "len_reference": len(reference[s.id]),
+        }
         failed = [v.error or "failed" for v in (first, second) if v.failed or v.overall is None]
         if failed:
             rows.append({**row, "failed": True, "error": "; ".join(failed)})
             continue
         row["orders"] = [AS_SIDE[0][first.overall], AS_SIDE[1][second.overall]]
-        row["per_principle"] = {k: [AS_SIDE[0][first.per_principle[k]], AS_SIDE[1][second.per_principle[k]]]
-                                for k in first.per_principle if k in second.per_principle}
+        row["per_principle"] = {
+            k: [AS_SIDE[0][first.per_principle[k]], AS_SIDE[1][second.per_principle[k]]]
+            for k in first.per_principle
+            if k in second.per_principle
+        }
         if first.scores and second.scores:  # a scoring judge: the policy is a in order 1, b in order 2
             row["score_policy"] = (first.scores["a"] + second.scores["b"]) / 2
             row["score_reference"] = (first.scores["b"] + second.scores["a"]) / 2
@@ -183,8 +163,12 @@ def judge_items(judge, speeches: list[Speech], policy: dict[str, str], reference
 
 # -- numbers ----------------------------------------------------------------------------------
 
-def summarize(rows: list[dict], judge_name: str, n_boot: int = 2000, seed: int = 0) -> dict[str, Any]:
-    """winrate.json from the judged rows (failed rows are counted and listed, not scored)."""
+
+def summarize(
+    rows: list[dict], judge_name: str, n_boot: int = 2000, seed: int = 0, score_name: str = "mean_score"
+) -> dict[str, Any]:
+    """winrate.json from the judged rows (failed rows are counted and listed, not scored);
+    ``score_name`` names the judge's mean scores (``mean_reward`` for a reward model)."""
     import numpy as np
 
     from .length_control import lc_win_rate
@@ -196,22 +180,31 @@ def summarize(rows: list[dict], judge_name: str, n_boot: int = 2000, seed: int =
     verdicts = [combine_orders(*r["orders"]) for r in ok]
     values = [outcome_value(v) for v in verdicts]
     low, high = bootstrap_ci(values, n_boot=n_boot, seed=seed)
-    out: dict[str, Any] = {"n": len(ok), **counts(verdicts), "win_rate": win_rate(verdicts),
-                           "ci_low": low, "ci_high": high}
+    out: dict[str, Any] = {
+        "n": len(ok),
+        **counts(verdicts),
+        "win_rate": win_rate(verdicts),
+        "ci_low": low,
+        "ci_high": high,
+    }
     out["lc_win_rate"] = lc_win_rate(values, [r["len_policy"] for r in ok], [r["len_reference"] for r in ok])
     per, per_ci = {}, {}
     for key in sorted({k for r in ok for k in r["per_principle"]}):
         vals = [outcome_value(combine_orders(*r["per_principle"][key])) for r in ok if key in r["per_principle"]]
         per[key] = float(np.mean(vals))
         per_ci[key] = list(bootstrap_ci(vals, n_boot=n_boot, seed=seed))
-    out.update(per_principle=per, per_principle_ci=per_ci,
-               position_consistency=position_consistency([tuple(r["orders"]) for r in ok]),
-               avg_len_policy=float(np.mean([r["len_policy"] for r in ok])),
-               avg_len_reference=float(np.mean([r["len_reference"] for r in ok])), judge=judge_name,
-               failed=len(rows) - len(ok),
-               failures=[{"speech_id": r["speech_id"], "error": r["error"]} for r in rows if r["failed"]])
+    out.update(
+        per_principle=per,
+        per_principle_ci=per_ci,
+        position_consistency=position_consistency([tuple(r["orders"]) for r in ok]),
+        avg_len_policy=float(np.mean([r["len_policy"] for r in ok])),
+        avg_len_reference=float(np.mean([r["len_reference"] for r in ok])),
+        judge=judge_name,
+        failed=len(rows) - len(ok),
+        failures=[{"speech_id": r["speech_id"], "error": r["error"]} for r in rows if r["failed"]],
+    )
     if all("score_policy" in r for r in ok):  # a reward model's rewards, or a rater's weighted means
-        name = "mean_reward" if judge_name.startswith("rm:") else "mean_score"
+        name = score_name
         out[f"{name}_policy"] = float(np.mean([r["score_policy"] for r in ok]))
         out[f"{name}_reference"] = float(np.mean([r["score_reference"] for r in ok]))
     return out
@@ -220,52 +213,87 @@ def summarize(rows: list[dict], judge_name: str, n_boot: int = 2000, seed: int =
 HEADLINE = ("n", "wins", "ties", "losses", "win_rate", "ci_low", "ci_high", "lc_win_rate", "position_consistency")
 
 
+def _judge_all(
+    judge, speeches: list[Speech], text: dict[str, dict[str, str]], out: Path, first: bool, cfg: EvalConfig
+) -> dict[str, Any]:
+    """One judge's judgements.jsonl under OUT/<slug of its name>, and its result (winrate.json's content)."""
+    from ..specs import slug
+
+    label = slug(judge.name)
+    log.info("judging %d speeches in both orders with %s", len(speeches), judge.name)
+    rows = judge_items(judge, speeches, text["policy"], text["reference"])
+    write_jsonl(out / label / "judgements.jsonl", rows)
+    if not first and all(r["failed"] for r in rows):  # a later judge gave nothing: say so, keep the rest
+        reasons = sorted({r["error"] for r in rows})
+        log.warning(
+            "%s failed on all %d items (e.g. %s); see %s",
+            label,
+            len(rows),
+            reasons[0],
+            out / label / "judgements.jsonl",
+        )
+        result = {"judge": judge.name, "n": 0, "failed": len(rows), "error": reasons[0]}
+    else:
+        score_name = "mean_reward" if getattr(judge, "scores_are", "") == "reward" else "mean_score"
+        result = summarize(rows, judge.name, cfg.n_boot, cfg.seed, score_name)
+        log.info(
+            "%s: win rate %.3f [%.3f, %.3f], LC %.3f, %d/%d/%d, position consistency %.2f",
+            label,
+            result["win_rate"],
+            result["ci_low"],
+            result["ci_high"],
+            result["lc_win_rate"],
+            result["wins"],
+            result["ties"],
+            result["losses"],
+            result["position_consistency"],
+        )
+    return result
+
+
 def run(cfg: EvalConfig, out: Path, run_dir: Path | None = None, rubric_path: Path | None = None) -> dict[str, Any]:
     """Answer, judge with every judge of ``cfg``, write the files; returns OUT/winrate.json's content."""
+    from ..judge import build_judge
     from ..rubric import load_rubric
+    from ..specs import slug
 
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     speeches = load_eval_speeches(cfg.speeches, cfg.limit)
     sides = {"policy": resolve_side(cfg.policy, run_dir), "reference": resolve_side(cfg.reference, run_dir)}
     rubric = load_rubric(rubric_path)
+    out.mkdir(parents=True, exist_ok=True)
     cache = Cache(out / "cache.sqlite")
+    made = cached = 0
     try:
-        answers = {side: answer(side, b, speeches, cfg, cache) for side, b in sides.items()}
+        answers = {}
+        for side, backend_cfg in sides.items():
+            answers[side], (m, c) = answer(side, backend_cfg, speeches, cfg, cache)
+            made, cached = made + m, cached + c
         write_jsonl(out / "responses.jsonl", answers["policy"] + answers["reference"])
         text = {side: {r["speech_id"]: r["text"] for r in rows} for side, rows in answers.items()}
         results = {}
         for jcfg in cfg.judges:
-            judge = build_judge(jcfg, run_dir, rubric, cache)
-            label = judge_label(jcfg)
-            log.info("judging %d speeches in both orders with %s", len(speeches), judge.name)
+            judge = build_judge(jcfg, rubric, cache, run_dir)
             try:
-                rows = judge_items(judge, speeches, text["policy"], text["reference"])
+                result = _judge_all(judge, speeches, text, out, not results, cfg)
             finally:
+                made, cached = made + judge.calls_made, cached + judge.calls_cached
                 judge.close()
-            write_jsonl(out / label / "judgements.jsonl", rows)
-            if results and all(r["failed"] for r in rows):  # a later judge gave nothing: say so, keep the rest
-                reasons = sorted({r["error"] for r in rows})
-                log.warning("%s failed on all %d items (e.g. %s); see %s", label, len(rows), reasons[0],
-                            out / label / "judgements.jsonl")
-                results[label] = {"judge": judge.name, "n": 0, "failed": len(rows), "error": reasons[0]}
-                write_json(out / label / "winrate.json", results[label])
-                continue
-            result = summarize(rows, judge.name, cfg.n_boot, cfg.seed)
-            result.update(policy=sides["policy"].spec, reference=sides["reference"].spec)
-            write_json(out / label / "winrate.json", result)
-            log.info("%s: win rate %.3f [%.3f, %.3f], LC %.3f, %d/%d/%d, position consistency %.2f", label,
-                     result["win_rate"], result["ci_low"], result["ci_high"], result["lc_win_rate"],
-                     result["wins"], result["ties"], result["losses"], result["position_consistency"])
-            results[label] = result
-        calls = {"calls_made": cache.calls_made, "calls_cached": cache.calls_cached}
+            if "win_rate" in result:
+                result.update(policy=sides["policy"].spec, reference=sides["reference"].spec)
+            write_json(out / slug(judge.name) / "winrate.json", result)
+            results[slug(judge.name)] = result
     finally:
         cache.close()
     first = next(iter(results.values()))
-    summary = {**first, "by_judge": {k: {h: v[h] for h in HEADLINE + ("judge", "failed", "error") if h in v}
-                                     for k, v in results.items()}}
+    summary = {
+        **first,
+        "by_judge": {
+            k: {h: v[h] for h in HEADLINE + ("judge", "failed", "error") if h in v} for k, v in results.items()
+        },
+    }
     write_json(out / "winrate.json", summary)
-    return {**summary, **calls, "n_speeches": len(speeches)}
+    return {**summary, "calls_made": made, "calls_cached": cached, "n_speeches": len(speeches)}
 
 
 def headline(summary: dict[str, Any]) -> str:

@@ -10,15 +10,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from ..backends import ChatRequest, load_backend
+from ..backends import Backend, ChatRequest, load_backend
 from ..config import JudgeConfig
 from ..records import Rating, Response, Speech
 from ..rubric import Principle, Rubric
 from ..store import Cache
-from . import judge_name
 from .parse import ParseError, expected_score, parse_json_scores
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -40,9 +40,15 @@ def render_principles(rubric: Rubric) -> str:
     return "\n".join(blocks)
 
 
-def ask_with_retries(cache: Cache, backend, n: int, request: Callable[[int, int], ChatRequest],
-                     parse: Callable[[int, str], Any], failed: Callable[[int, str, str], Any], retries: int,
-                     progress=None) -> list:
+def ask_with_retries(
+    backend: Backend,
+    n: int,
+    request: Callable[[int, int], ChatRequest],
+    parse: Callable[[int, str], Any],
+    failed: Callable[[int, str, str], Any],
+    retries: int,
+    progress=None,
+) -> list:
     """Ask for items 0..n-1 (``request(i, attempt)``) and ``parse(i, text)`` each reply; a failed
     call or a reply that raises ParseError is asked again, up to ``retries`` more times (the
     request changes with the attempt, so a retry is a new cache key). What never parses becomes
@@ -53,7 +59,7 @@ def ask_with_retries(cache: Cache, backend, n: int, request: Callable[[int, int]
     for attempt in range(retries + 1):
         if not pending:
             break
-        comps = cache.complete(backend, [request(i, attempt) for i in pending])
+        comps = backend.complete([request(i, attempt) for i in pending])
         still = []
         for i, comp in zip(pending, comps):
             try:
@@ -75,16 +81,17 @@ def ask_with_retries(cache: Cache, backend, n: int, request: Callable[[int, int]
     return [results[i] for i in range(n)]
 
 
-def ask_per_key(cache: Cache, backend, n: int, keys: list[str], request: Callable[[int, str], ChatRequest],
-                read: Callable[[Any], Any]) -> list[tuple[dict[str, Any], str, str]]:
+def ask_per_key(
+    backend: Backend, n: int, keys: list[str], request: Callable[[int, str], ChatRequest], read: Callable[[Any], Any]
+) -> list[tuple[dict[str, Any], str, str]]:
     """One call per (item, key), all in one batch, each completion turned into a value by
     ``read`` (which raises ParseError when it cannot). Per item: (values by key, error, raw),
     where error and raw join every key that failed ("" when none did)."""
-    comps = cache.complete(backend, [request(i, k) for i in range(n) for k in keys])
+    comps = backend.complete([request(i, k) for i in range(n) for k in keys])
     out = []
     for i in range(n):
         values, errors, raws = {}, [], []
-        for key, comp in zip(keys, comps[i * len(keys):(i + 1) * len(keys)]):
+        for key, comp in zip(keys, comps[i * len(keys) : (i + 1) * len(keys)]):
             try:
                 if comp.error:
                     raise ParseError(comp.error)
@@ -97,25 +104,30 @@ def ask_per_key(cache: Cache, backend, n: int, keys: list[str], request: Callabl
 
 
 class LLMJudge:
-    def __init__(self, cfg: JudgeConfig, rubric: Rubric, cache: Cache):
-        self.cfg, self.rubric, self.cache = cfg, rubric, cache
-        self.backend = load_backend(cfg.backend)
-        self.name = judge_name(cfg)
+    """A rating judge on any backend (``backend`` is usually a CachedBackend)."""
+
+    def __init__(self, cfg: JudgeConfig, rubric: Rubric, backend: Backend):
+        self.cfg, self.rubric, self.backend = cfg, rubric, backend
+        self.name = f"llm-{cfg.mode}:{cfg.backend.spec}"
         self.json_template = (TEMPLATES / "rate_json.txt").read_text(encoding="utf-8")
         self.logprob_template = (TEMPLATES / "rate_logprob.txt").read_text(encoding="utf-8")
 
-    @property
-    def calls_made(self) -> int:
-        return self.cache.calls_made
+    @classmethod
+    def build(cls, spec, cfg: JudgeConfig, rubric: Rubric, cache: Cache) -> LLMJudge:
+        return cls(cfg, rubric, load_backend(cfg.backend, cache))
 
-    @property
-    def calls_cached(self) -> int:
-        return self.cache.calls_cached
+    calls_made = property(lambda self: getattr(self.backend, "calls_made", 0))
+    calls_cached = property(lambda self: getattr(self.backend, "calls_cached", 0))
+
+    def close(self) -> None:
+        self.backend.close()
 
     def json_request(self, speech: Speech, resp: Response, attempt: int) -> ChatRequest:
         prompt = self.json_template.format(
-            principles=render_principles(self.rubric), context=render_context(speech),
-            speech=speech.text, response=resp.text,
+            principles=render_principles(self.rubric),
+            context=render_context(speech),
+            speech=speech.text,
+            response=resp.text,
             score_fields=", ".join(f'"{k}": <1-5>' for k in self.rubric.keys),
         )
         params = {"temperature": 0.0, "max_tokens": self.cfg.max_tokens}
@@ -125,8 +137,14 @@ class LLMJudge:
 
     def logprob_request(self, speech: Speech, resp: Response, p: Principle) -> ChatRequest:
         prompt = self.logprob_template.format(
-            name=p.name, definition=p.definition, anchor_1=p.anchors[1], anchor_3=p.anchors[3],
-            anchor_5=p.anchors[5], context=render_context(speech), speech=speech.text, response=resp.text,
+            name=p.name,
+            definition=p.definition,
+            anchor_1=p.anchors[1],
+            anchor_3=p.anchors[3],
+            anchor_5=p.anchors[5],
+            context=render_context(speech),
+            speech=speech.text,
+            response=resp.text,
         )
         params = {"temperature": 0.0, "max_tokens": 1, "logprobs": True, "top_logprobs": 20}
         return ChatRequest([{"role": "user", "content": prompt}], params)
@@ -146,15 +164,26 @@ class LLMJudge:
             speech, resp = items[i]
             return Rating(resp.id, speech.id, self.name, failed=True, error=error, raw=raw[:2000])
 
-        return ask_with_retries(self.cache, self.backend, len(items), lambda i, a: self.json_request(*items[i], a),
-                                parse, failed, self.cfg.retries, progress)
+        return ask_with_retries(
+            self.backend,
+            len(items),
+            lambda i, a: self.json_request(*items[i], a),
+            parse,
+            failed,
+            self.cfg.retries,
+            progress,
+        )
 
     def _rate_logprob(self, items, progress) -> list[Rating]:
         keys = self.rubric.keys
         principle = {p.key: p for p in self.rubric.principles}
-        answers = ask_per_key(self.cache, self.backend, len(items), keys,
-                              lambda i, k: self.logprob_request(*items[i], principle[k]),
-                              lambda comp: expected_score(comp.top_logprobs, self.cfg.min_digit_mass))
+        answers = ask_per_key(
+            self.backend,
+            len(items),
+            keys,
+            lambda i, k: self.logprob_request(*items[i], principle[k]),
+            lambda comp: expected_score(comp.top_logprobs, self.cfg.min_digit_mass),
+        )
         ratings = []
         for (speech, resp), (scores, error, raw) in zip(items, answers):
             if error:

@@ -65,7 +65,11 @@ class Encoder:
         from ..models import minilm_dir, quiet_transformers
 
         quiet_transformers()
-        self.path = Path(path) if path else minilm_dir()
+        self.path = Path(path).expanduser() if path else minilm_dir()
+        if not (self.path / "config.json").is_file():
+            from ..errors import UserError
+
+            raise UserError(f"embedding_model {self.path} is not a sentence-embedding model folder (no config.json)")
         self.tok = AutoTokenizer.from_pretrained(self.path)
         self.model = AutoModel.from_pretrained(self.path).eval()
         self.batch_size, self.max_length, self._torch = batch_size, max_length, torch
@@ -110,21 +114,33 @@ class MiniLMJudge:
     """Rates (speech, response) pairs on every principle of a rubric with the paper's keys."""
 
     name = "minilm"
+    calls_made = calls_cached = 0  # no model calls to count: the encoder runs here
 
-    def __init__(self, rubric: Rubric, embedding_model: str | None = None, exemplars: Path = EXEMPLARS):
+    @classmethod
+    def build(cls, spec, cfg, rubric: Rubric, cache) -> MiniLMJudge:
+        """The rate stage's judge (specs.JUDGE_REGISTRY); ``cfg.embedding_model`` may name another encoder."""
+        return cls(rubric, getattr(cfg, "embedding_model", None))
+
+    def close(self) -> None:
+        pass
+
+    def __init__(self, rubric: Rubric, embedding_model: str | Path | None = None, exemplars: Path = EXEMPLARS):
         import yaml
 
         unknown = set(rubric.keys) - set(yaml.safe_load(exemplars.read_text(encoding="utf-8")))
         if unknown:
             from ..errors import UserError
 
-            raise UserError(f"the minilm judge has no exemplars for principles {sorted(unknown)}; "
-                            f"add them to {exemplars} or use an llm judge")
+            raise UserError(
+                f"the minilm judge has no exemplars for principles {sorted(unknown)}; "
+                f"add them to {exemplars} or use an llm judge"
+            )
         self.rubric = rubric
         self.encode = Encoder(embedding_model)
         data = yaml.safe_load(exemplars.read_text(encoding="utf-8"))
-        self.exemplars = {k: {side: self._embed_or_empty(v.get(side) or []) for side in ("high", "low")}
-                          for k, v in data.items()}
+        self.exemplars = {
+            k: {side: self._embed_or_empty(v.get(side) or []) for side in ("high", "low")} for k, v in data.items()
+        }
         self.calibration = {k: (float(v["centre"]), float(v["scale"])) for k, v in data.items()}
         self.calls_made = self.calls_cached = 0
 
@@ -147,7 +163,9 @@ class MiniLMJudge:
             "clarity": 0.4 - 0.8 * repeated_share(sent_emb) - 0.3 * cues["truncated"] - 0.5 * short - lo["clarity"],
             "safety": 0.3 + 0.3 * hi["safety"] - 2.0 * lo["safety"],
             # Questions are what EPITOME's raters saw as exploration (a "?" count alone: Spearman 0.7).
-            "exploration": hi["exploration"] - lo["exploration"] + 0.2 * min(cues["questions"], 2.0)
+            "exploration": hi["exploration"]
+            - lo["exploration"]
+            + 0.2 * min(cues["questions"], 2.0)
             + 0.1 * min(cues["open_questions"], 2.0),
             "autonomy": hi["autonomy"] - lo["autonomy"],
             "staging": hi["staging"] - lo["staging"],

@@ -15,30 +15,30 @@ never guesses.
   also position-free.
 - :class:`PanelJudge`: the majority of several judges.
 
-Judge specs (:func:`build_pairwise_judge`): ``rm:PATH`` or a folder holding a reward model
-(a sequence classifier with one output) is a reward-model judge; ``minilm`` the rater; anything
-else is a backend spec (``default``, ``transformers:PATH``, ``openai:MODEL``) for an LLM judge.
+Judges are made by ``judge.build_judge`` from a spec (specs.py): ``rm:PATH``, ``reward_model`` or a
+folder holding a reward model is a reward-model judge; ``minilm`` the rater; a backend spec
+(``default``, ``transformers:PATH``, ``openai:MODEL``) an LLM judge.
 """
 
 from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from ..backends import ChatRequest, load_backend
-from ..config import BackendConfig
+from ..backends import Backend, ChatRequest, load_backend
+from ..config import BackendConfig, WinrateJudgeConfig
 from ..errors import UserError
 from ..records import Speech
 from ..rubric import Rubric
 from ..store import Cache
 from .llm import TEMPLATES, ask_per_key, ask_with_retries, render_context, render_principles
-from .parse import MIN_LETTER_MASS, TIE_BAND, ParseError, letter_preference, parse_json_comparison
+from .parse import TIE_BAND, letter_preference, parse_json_comparison
 
 OVERALL = "overall"
-JSON_MAX_TOKENS = 400  # room for seven verdicts, "overall" and a one-sentence rationale
 
 
 @dataclass
@@ -50,7 +50,7 @@ class Comparison:
     b: str
     id: str
 
-    def swapped(self, suffix: str = ":ba") -> "Comparison":
+    def swapped(self, suffix: str = ":ba") -> Comparison:
         """The same comparison with the responses in the other positions."""
         return Comparison(self.speech, self.b, self.a, self.id + suffix)
 
@@ -71,7 +71,7 @@ class Verdict:
     rationale: str = ""
 
     @classmethod
-    def failure(cls, error: str, raw: str = "") -> "Verdict":
+    def failure(cls, error: str, raw: str = "") -> Verdict:
         return cls(failed=True, error=error, raw=raw[:2000])
 
 
@@ -79,48 +79,51 @@ Progress = Callable[[int], Any] | None
 
 
 class LLMPairwiseJudge:
-    """An LLM compares two responses. ``backend_spec`` is a spec string or a BackendConfig;
-    ``base_url`` (openai backends) overrides the config's. Retries of unparseable json replies
+    """An LLM compares two responses, on ``backend`` (usually a CachedBackend), as ``settings``
+    say (mode, retries, max_tokens, min_mass, per_principle). Retries of unparseable json replies
     run at temperature 0.7 with a new seed, so each retry is a new cache key."""
 
-    def __init__(self, backend_spec: str | BackendConfig, rubric: Rubric, cache: Cache, mode: str = "json",
-                 base_url: str | None = None, retries: int = 2, max_tokens: int = JSON_MAX_TOKENS,
-                 min_mass: float = MIN_LETTER_MASS, tie_band: float = TIE_BAND, per_principle: bool = True):
-        if mode not in ("json", "logprob"):
-            raise UserError(f"unknown pairwise judge mode '{mode}'; use json or logprob")
+    def __init__(self, backend: Backend, settings: WinrateJudgeConfig, rubric: Rubric, tie_band: float = TIE_BAND):
         if OVERALL in rubric.keys:
             raise UserError(f"a rubric principle may not be keyed '{OVERALL}': pairwise judges use it for the verdict")
-        cfg = backend_spec if isinstance(backend_spec, BackendConfig) else BackendConfig(spec=backend_spec)
-        if base_url is not None:
-            cfg = cfg.model_copy(update={"base_url": base_url})
-        self.rubric, self.cache, self.mode, self.retries = rubric, cache, mode, retries
-        self.max_tokens, self.min_mass, self.tie_band = max_tokens, min_mass, tie_band
-        # logprob mode asks once per principle and once overall; per_principle=False asks overall
-        # only, 8x fewer calls (SmolLM2-135M on 2 CPU cores: ~1 s per 450-token call).
-        self.per_principle = per_principle
-        self.backend = load_backend(cfg)
-        self.name = f"llm-{mode}:{cfg.spec}"
-        self.template = (TEMPLATES / f"compare_{mode}.txt").read_text(encoding="utf-8").rstrip("\n")
+        self.backend, self.settings, self.rubric, self.tie_band = backend, settings, rubric, tie_band
+        self.mode = settings.mode
+        self.name = f"llm-{settings.mode}:{backend.model}"
+        self.template = (TEMPLATES / f"compare_{self.mode}.txt").read_text(encoding="utf-8").rstrip("\n")
 
-    calls_made = property(lambda self: self.cache.calls_made)
-    calls_cached = property(lambda self: self.cache.calls_cached)
+    @classmethod
+    def build(cls, spec, settings: WinrateJudgeConfig, rubric: Rubric, cache: Cache) -> LLMPairwiseJudge:
+        return cls(load_backend(BackendConfig(spec=spec.text, base_url=settings.base_url), cache), settings, rubric)
+
+    calls_made = property(lambda self: getattr(self.backend, "calls_made", 0))
+    calls_cached = property(lambda self: getattr(self.backend, "calls_cached", 0))
 
     def _prompt(self, item: Comparison, rubric: Rubric, **extra: str) -> str:
-        return self.template.format(principles=render_principles(rubric), context=render_context(item.speech),
-                                    speech=item.speech.text, response_a=item.a, response_b=item.b, **extra)
+        return self.template.format(
+            principles=render_principles(rubric),
+            context=render_context(item.speech),
+            speech=item.speech.text,
+            response_a=item.a,
+            response_b=item.b,
+            **extra,
+        )
 
     def json_request(self, item: Comparison, attempt: int) -> ChatRequest:
         fields = ", ".join(f'"{k}": "A" | "B" | "tie"' for k in self.rubric.keys)
-        params: dict[str, Any] = {"temperature": 0.0, "max_tokens": self.max_tokens}
+        params: dict[str, Any] = {"temperature": 0.0, "max_tokens": self.settings.max_tokens}
         if attempt:
             params.update(temperature=0.7, seed=attempt)
-        return ChatRequest([{"role": "user", "content": self._prompt(item, self.rubric, verdict_fields=fields)}],
-                           params)
+        return ChatRequest(
+            [{"role": "user", "content": self._prompt(item, self.rubric, verdict_fields=fields)}], params
+        )
 
     def logprob_request(self, item: Comparison, key: str) -> ChatRequest:
         """One letter for principle ``key``, or for all principles together when key is "overall"."""
-        rubric = self.rubric if key == OVERALL else self.rubric.model_copy(
-            update={"principles": [p for p in self.rubric.principles if p.key == key]})
+        rubric = (
+            self.rubric
+            if key == OVERALL
+            else self.rubric.model_copy(update={"principles": [p for p in self.rubric.principles if p.key == key]})
+        )
         params = {"temperature": 0.0, "max_tokens": 1, "logprobs": True, "top_logprobs": 20}
         return ChatRequest([{"role": "user", "content": self._prompt(item, rubric)}], params)
 
@@ -134,14 +137,27 @@ class LLMPairwiseJudge:
             verdicts, rationale = parse_json_comparison(text, self.rubric.keys)
             return Verdict(verdicts.pop(OVERALL), verdicts, rationale=rationale[:500])
 
-        return ask_with_retries(self.cache, self.backend, len(items), lambda i, a: self.json_request(items[i], a),
-                                parse, lambda i, error, raw: Verdict.failure(error, raw), self.retries, progress)
+        return ask_with_retries(
+            self.backend,
+            len(items),
+            lambda i, a: self.json_request(items[i], a),
+            parse,
+            lambda i, error, raw: Verdict.failure(error, raw),
+            self.settings.retries,
+            progress,
+        )
 
     def _compare_logprob(self, items: list[Comparison], progress: Progress) -> list[Verdict]:
-        keys = (self.rubric.keys if self.per_principle else []) + [OVERALL]
-        answers = ask_per_key(self.cache, self.backend, len(items), keys,
-                              lambda i, k: self.logprob_request(items[i], k),
-                              lambda comp: letter_preference(comp.top_logprobs, self.min_mass, self.tie_band))
+        # per_principle=False asks overall only, 8x fewer calls (SmolLM2-135M on 2 CPU cores: ~1 s
+        # per 450-token call).
+        keys = (self.rubric.keys if self.settings.per_principle else []) + [OVERALL]
+        answers = ask_per_key(
+            self.backend,
+            len(items),
+            keys,
+            lambda i, k: self.logprob_request(items[i], k),
+            lambda comp: letter_preference(comp.top_logprobs, self.settings.min_mass, self.tie_band),
+        )
         verdicts = []
         for found, error, raw in answers:
             verdicts.append(Verdict.failure(error, raw) if error else Verdict(found.pop(OVERALL), found))
@@ -164,7 +180,13 @@ class RaterJudge:
 
         self.rubric, self.tie_band = rubric, tie_band
         self.rater = MiniLMJudge(rubric, embedding_model)
-        self.name = "rater:minilm"
+        self.name = "minilm"
+
+    calls_made = calls_cached = 0
+
+    @classmethod
+    def build(cls, spec, settings, rubric: Rubric, cache) -> RaterJudge:
+        return cls(rubric)
 
     def _winner(self, a: float, b: float) -> str:
         return "tie" if abs(a - b) < self.tie_band else "A" if a > b else "B"
@@ -176,8 +198,13 @@ class RaterJudge:
         unique: dict[tuple[str, str], tuple] = {}
         for it in items:
             for text in (it.a, it.b):
-                unique.setdefault((it.speech.id, text), (it.speech, Response(
-                    id=f"r{len(unique)}", speech_id=it.speech.id, generator="", text=text, model="")))
+                unique.setdefault(
+                    (it.speech.id, text),
+                    (
+                        it.speech,
+                        Response(id=f"r{len(unique)}", speech_id=it.speech.id, generator="", text=text, model=""),
+                    ),
+                )
         rated = dict(zip(unique, self.rater.rate(list(unique.values()))))
         verdicts = []
         for it in items:
@@ -201,15 +228,22 @@ class RewardModelJudge:
     the speech as the reward model was trained on it (pairs.as_question); the model is loaded on
     the first comparison."""
 
+    calls_made = calls_cached = 0
+    scores_are = "reward"  # winrate reports mean_reward_* (a rater judge's are mean_score_*)
+
     def __init__(self, model_dir: str | Path, batch_size: int = 16, max_length: int = 512):
         self.model_dir = Path(model_dir).expanduser()
         self.batch_size, self.max_length = batch_size, max_length
         self.name = f"rm:{model_dir}"
         self._loaded = None
 
+    @classmethod
+    def build(cls, spec, settings, rubric: Rubric, cache) -> RewardModelJudge:
+        return cls(spec.arg)
+
     def compare(self, items: list[Comparison], progress: Progress = None) -> list[Verdict]:
-        from ..evaluate.reward_eval import load_reward_model, score_responses
-        from ..pairs import as_question
+        from ..pairs_io import as_question
+        from ..reward_model import load_reward_model, score_responses
 
         if not items:
             return []
@@ -217,10 +251,16 @@ class RewardModelJudge:
             self._loaded = load_reward_model(self.model_dir)
         model, tokenizer = self._loaded
         prompts = [as_question(it.speech) for it in items]
-        rewards = score_responses(model, tokenizer, prompts * 2, [it.a for it in items] + [it.b for it in items],
-                                  self.batch_size, self.max_length)
+        rewards = score_responses(
+            model,
+            tokenizer,
+            prompts * 2,
+            [it.a for it in items] + [it.b for it in items],
+            self.batch_size,
+            self.max_length,
+        )
         verdicts = []
-        for r_a, r_b in zip(rewards[:len(items)].tolist(), rewards[len(items):].tolist()):
+        for r_a, r_b in zip(rewards[: len(items)].tolist(), rewards[len(items) :].tolist()):
             overall = "A" if r_a > r_b else "B" if r_b > r_a else "tie"
             verdicts.append(Verdict(overall, {}, scores={"a": r_a, "b": r_b}))
         if progress:
@@ -254,6 +294,9 @@ class PanelJudge:
         self.judges = judges
         self.name = "panel(" + ",".join(j.name for j in judges) + ")"
 
+    calls_made = property(lambda self: sum(j.calls_made for j in self.judges))
+    calls_cached = property(lambda self: sum(j.calls_cached for j in self.judges))
+
     def compare(self, items: list[Comparison], progress: Progress = None) -> list[Verdict]:
         per_judge = [judge.compare(items) for judge in self.judges]
         out = [self._combine([answers[i] for answers in per_judge]) for i in range(len(items))]
@@ -274,49 +317,3 @@ class PanelJudge:
     def close(self) -> None:
         for judge in self.judges:
             getattr(judge, "close", lambda: None)()
-
-
-def is_reward_model(path: Path) -> bool:
-    """Whether ``path`` holds a sequence classifier with one output (what train-rm saves)."""
-    try:
-        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    labels = len(config["id2label"]) if isinstance(config.get("id2label"), dict) else config.get("num_labels")
-    archs = config.get("architectures") or []
-    return labels == 1 and any(str(a).endswith("ForSequenceClassification") for a in archs)
-
-
-def build_pairwise_judge(spec: str, rubric: Rubric, cache: Cache, mode: str = "json", base_url: str | None = None,
-                         per_principle: bool = True, min_mass: float = MIN_LETTER_MASS):
-    """A judge from a spec: ``rm:PATH`` or a reward-model folder -> RewardModelJudge; ``minilm``
-    -> RaterJudge; a backend spec (``default``, ``transformers:PATH``, ``openai:MODEL``) ->
-    LLMPairwiseJudge."""
-    if spec in ("minilm", "rater:minilm"):
-        return RaterJudge(rubric)
-    if spec.startswith("rm:"):
-        path = Path(spec[3:]).expanduser()
-        if not (path / "config.json").is_file():
-            raise UserError(f"judge '{spec}': {path} is not a model folder (no config.json)")
-        if not is_reward_model(path):
-            raise UserError(f"judge '{spec}': {path} is not a reward model (a sequence classifier with one output)")
-        return RewardModelJudge(path)
-    name = spec.partition(":")[0]
-    if name != "default" and ":" not in spec:
-        path = Path(spec).expanduser()
-        if is_reward_model(path):
-            return RewardModelJudge(path)
-        reason = "is a folder but not a reward model" if path.is_dir() else "is not an existing path"
-        raise UserError(f"judge '{spec}' {reason}; use rm:PATH for a reward model, or a backend spec "
-                        "(default, transformers:PATH, openai:MODEL) for an LLM judge")
-    return LLMPairwiseJudge(spec, rubric, cache, mode=mode, base_url=base_url, per_principle=per_principle,
-                            min_mass=min_mass)
-
-
-def build_panel(specs: list[str], rubric: Rubric, cache: Cache, mode: str = "json", base_url: str | None = None,
-                per_principle: bool = True, min_mass: float = MIN_LETTER_MASS):
-    """One judge for one spec; a PanelJudge of them all for several."""
-    if not specs:
-        raise UserError("no judge given; pass at least one judge spec")
-    judges = [build_pairwise_judge(s, rubric, cache, mode, base_url, per_principle, min_mass) for s in specs]
-    return judges[0] if len(judges) == 1 else PanelJudge(judges)

@@ -117,13 +117,20 @@ def expected_score(top_logprobs: dict[str, float] | None, min_mass: float = MIN_
 # -- pairwise comparisons ---------------------------------------------------------------------
 
 _VERDICT_WORDS = {
-    "a": "A", "response a": "A", "b": "B", "response b": "B",
-    "tie": "tie", "equal": "tie", "equally good": "tie", "draw": "tie", "same": "tie",
+    "a": "A",
+    "response a": "A",
+    "b": "B",
+    "response b": "B",
+    "tie": "tie",
+    "equal": "tie",
+    "equally good": "tie",
+    "draw": "tie",
+    "same": "tie",
 }
 
 
 def parse_choice(value: object) -> str:
-    """"A", "B" or "tie" from one verdict value; case, whitespace, quotes and a trailing full
+    """ "A", "B" or "tie" from one verdict value; case, whitespace, quotes and a trailing full
     stop do not matter. ``ParseError`` for anything else (never a guess).
 
     >>> [parse_choice(v) for v in ("A", " b ", "Response A", "response_b", "TIE", "Equal.")]
@@ -191,9 +198,10 @@ def _letter(token: str) -> str | None:
     return word if word in ("A", "B") else None
 
 
-def letter_preference(top_logprobs: dict[str, float] | None, min_mass: float = MIN_LETTER_MASS,
-                      tie_band: float = TIE_BAND) -> str:
-    """"A", "B" or "tie" from the judge's probabilities for its first token.
+def letter_preference(
+    top_logprobs: dict[str, float] | None, min_mass: float = MIN_LETTER_MASS, tie_band: float = TIE_BAND
+) -> str:
+    """ "A", "B" or "tie" from the judge's probabilities for its first token.
 
     Probabilities are summed over the spellings of each letter ("A", " A", "(A"), then
     renormalised over A and B; a difference under ``tie_band`` is a tie. When A and B together

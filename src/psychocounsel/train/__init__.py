@@ -25,8 +25,14 @@ def log_callback(margin_key: str, accuracy_key: str):
     class LogMetrics(TrainerCallback):
         def on_log(self, args, state, control, logs=None, **kwargs):
             if logs and "loss" in logs:
-                log.info("step %d/%d loss %.4f margin %.4f accuracy %.2f", state.global_step, state.max_steps,
-                         logs["loss"], logs.get(margin_key, 0.0), logs.get(accuracy_key, 0.0))
+                log.info(
+                    "step %d/%d loss %.4f margin %.4f accuracy %.2f",
+                    state.global_step,
+                    state.max_steps,
+                    logs["loss"],
+                    logs.get(margin_key, 0.0),
+                    logs.get(accuracy_key, 0.0),
+                )
 
     return LogMetrics()
 

@@ -22,16 +22,12 @@ from pathlib import Path
 from typing import Any
 
 from ..card import intended_use
+from ..config import DPOConfig
 from ..errors import UserError
 from ..progress import enabled as progress_enabled
 from . import is_main_process, lora_config, save_merged, use_step_log
 
 log = logging.getLogger(__name__)
-
-# Paired losses TRL 1.16 accepts with no extra option (exo_pair needs label_smoothing > 0;
-# aot/aot_unpaired sort the batch and are left out).
-LOSS_TYPES = ("sigmoid", "hinge", "ipo", "robust", "nca_pair", "bco_pair", "sppo_hard",
-              "apo_zero", "apo_down", "discopop", "sigmoid_norm")
 
 MODEL_INTENDED_USE = intended_use("""
 This model is a research artefact for building tools that **assist** counselors and therapists:
@@ -64,9 +60,13 @@ def to_dpo_rows(rows: list[dict], chat: bool) -> list[dict]:
         if not isinstance(chosen, str) or not isinstance(rejected, str) or not chosen.strip() or not rejected.strip():
             raise UserError(f"pair {i} needs non-empty 'chosen' and 'rejected' text")
         if chat:
-            out.append({"prompt": [{"role": "user", "content": prompt.strip()}],
-                        "chosen": [{"role": "assistant", "content": chosen.strip()}],
-                        "rejected": [{"role": "assistant", "content": rejected.strip()}]})
+            out.append(
+                {
+                    "prompt": [{"role": "user", "content": prompt.strip()}],
+                    "chosen": [{"role": "assistant", "content": chosen.strip()}],
+                    "rejected": [{"role": "assistant", "content": rejected.strip()}],
+                }
+            )
         else:
             # TRL concatenates prompt + completion as they are, so the prompt carries the separator.
             out.append({"prompt": prompt.strip() + "\n\n", "chosen": chosen.strip(), "rejected": rejected.strip()})
@@ -79,7 +79,7 @@ def keep_last_tokens(tokenizer, text: str, n: int) -> str:
     offsets = enc["offset_mapping"]
     if len(offsets) <= n:
         return text
-    return text[offsets[len(offsets) - n][0]:]
+    return text[offsets[len(offsets) - n][0] :]
 
 
 def _clip_prompts(rows: list[dict], tokenizer, max_prompt_length: int) -> tuple[list[dict], int]:
@@ -95,32 +95,31 @@ def _clip_prompts(rows: list[dict], tokenizer, max_prompt_length: int) -> tuple[
     return clipped, n
 
 
-def _check_options(rows: list[dict], loss_type: str, beta: float, max_length: int, max_prompt_length: int) -> None:
-    if not rows:
-        raise UserError("no preference pairs to train on (0 rows)")
-    if loss_type not in LOSS_TYPES:
-        raise UserError(f"unknown DPO loss_type {loss_type!r}; choose one of: {', '.join(LOSS_TYPES)}")
-    if beta <= 0:
-        raise UserError(f"beta must be > 0, got {beta}")
-    if not 0 < max_prompt_length < max_length:
-        raise UserError(f"need 0 < max_prompt_length < max_length, got {max_prompt_length} and {max_length}")
-
-
-def _dpo_config(out: Path, opts: dict[str, Any]):
+def _dpo_config(out: Path, cfg: DPOConfig):
     import torch
     from trl import DPOConfig
 
     cuda = torch.cuda.is_available()
     return DPOConfig(
-        output_dir=str(out), report_to="none", save_strategy="no", disable_tqdm=not progress_enabled(),
-        use_cpu=not cuda, bf16=cuda,
+        output_dir=str(out),
+        report_to="none",
+        save_strategy="no",
+        disable_tqdm=not progress_enabled(),
+        use_cpu=not cuda,
+        bf16=cuda,
         # transformers 5 renamed gradient_checkpointing to activation_checkpointing; the new name wins
         # over TRL's default gradient_checkpointing=True (and silences the deprecation warning).
-        activation_checkpointing=opts["gradient_checkpointing"],
-        beta=opts["beta"], loss_type=[opts["loss_type"]], learning_rate=opts["lr"],
-        num_train_epochs=opts["epochs"], max_steps=opts["max_steps"],
-        per_device_train_batch_size=opts["batch_size"], gradient_accumulation_steps=opts["grad_accum"],
-        max_length=opts["max_length"], logging_steps=opts["log_every"], seed=opts["seed"],
+        activation_checkpointing=cfg.gradient_checkpointing,
+        beta=cfg.beta,
+        loss_type=[cfg.loss_type],
+        learning_rate=cfg.lr,
+        num_train_epochs=cfg.epochs,
+        max_steps=cfg.max_steps,
+        per_device_train_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.grad_accum,
+        max_length=cfg.max_length,
+        logging_steps=cfg.log_every,
+        seed=cfg.seed,
     )
 
 
@@ -135,38 +134,36 @@ def load_policy(path: Path):
         raise UserError(f"cannot load {path} as a causal LM: {str(e).splitlines()[0][:200]}") from None
 
 
-def build_trainer(rows: list[dict], base: str, out: Path, opts: dict[str, Any]):
-    """A TRL DPOTrainer for ``rows`` on the local model ``base`` (``opts``: train_dpo's keywords)."""
+def build_trainer(rows: list[dict], base: str, out: Path, cfg: DPOConfig):
+    """A TRL DPOTrainer for ``rows`` on the local model ``base`` (a spec: default or a folder)."""
     from datasets import Dataset
     from transformers import AutoTokenizer
     from trl import DPOTrainer
 
-    from ..models import resolve_local_model
+    from ..specs import local_model
 
-    path = resolve_local_model(base)
+    path = local_model(base)
     tokenizer = AutoTokenizer.from_pretrained(path)
-    rows, n_clipped = _clip_prompts(rows, tokenizer, opts["max_prompt_length"])
+    rows, n_clipped = _clip_prompts(rows, tokenizer, cfg.max_prompt_length)
     if n_clipped:
-        log.info("kept the last %d tokens of %d long speeches", opts["max_prompt_length"], n_clipped)
+        log.info("kept the last %d tokens of %d long speeches", cfg.max_prompt_length, n_clipped)
     data = Dataset.from_list(to_dpo_rows(rows, chat=bool(tokenizer.chat_template)))
-    args = _dpo_config(out, opts)
+    args = _dpo_config(out, cfg)
     if args.disable_tqdm:
         import datasets
 
         datasets.disable_progress_bars()
     # The reference is the base: a second copy for full fine-tuning, the adapter switched off with LoRA.
     trainer = DPOTrainer(
-        model=load_policy(path), ref_model=None if opts["lora"] else load_policy(path), args=args,
-        train_dataset=data, processing_class=tokenizer,
-        peft_config=lora_config(opts["lora_r"], "CAUSAL_LM") if opts["lora"] else None,
+        model=load_policy(path),
+        ref_model=None if cfg.lora else load_policy(path),
+        args=args,
+        train_dataset=data,
+        processing_class=tokenizer,
+        peft_config=lora_config(cfg.lora_r, "CAUSAL_LM") if cfg.lora else None,
     )
     use_step_log(trainer, "rewards/margins", "rewards/accuracies")
     return trainer
-
-
-def save_policy(trainer, out: Path):
-    """Save the trained policy (LoRA merged into the base) and tokenizer to ``out``; returns it."""
-    return save_merged(trainer, out)
 
 
 def summarize(history: list[dict], seconds: float) -> dict[str, Any]:
@@ -194,10 +191,10 @@ def _fmt(x: Any) -> str:
     return f"{x:.4f}" if isinstance(x, float) else str(x)
 
 
-def write_model_card(out: Path, base: str, opts: dict[str, Any], summary: dict[str, Any], n_pairs: int) -> None:
+def write_model_card(out: Path, base: str, cfg: DPOConfig, summary: dict[str, Any], n_pairs: int) -> None:
     from .. import __version__
 
-    method = f"LoRA r={opts['lora_r']}, merged" if opts["lora"] else "full fine-tuning"
+    method = f"LoRA r={cfg.lora_r}, merged" if cfg.lora else "full fine-tuning"
     text = f"""# Counseling policy (psychocounsel {__version__}, DPO)
 
 Trained with offline DPO (TRL `DPOTrainer`) on {n_pairs} principle-rated preference pairs
@@ -207,18 +204,18 @@ Trained with offline DPO (TRL `DPOTrainer`) on {n_pairs} principle-rated prefere
 |---|---|
 | base model | `{base}` |
 | method | {method} |
-| loss | {opts['loss_type']} |
-| beta | {opts['beta']} |
-| learning rate | {opts['lr']} |
-| batch size x accumulation | {opts['batch_size']} x {opts['grad_accum']} |
-| max length / max prompt length | {opts['max_length']} / {opts['max_prompt_length']} |
-| steps | {summary['steps']} |
-| seed | {opts['seed']} |
+| loss | {cfg.loss_type} |
+| beta | {cfg.beta} |
+| learning rate | {cfg.lr} |
+| batch size x accumulation | {cfg.batch_size} x {cfg.grad_accum} |
+| max length / max prompt length | {cfg.max_length} / {cfg.max_prompt_length} |
+| steps | {summary["steps"]} |
+| seed | {cfg.seed} |
 
 ## Training result
 
-Last logged step: loss {_fmt(summary['train_loss_last'])} (first {_fmt(summary['train_loss_first'])}),
-reward margin {_fmt(summary['reward_margin_last'])}, reward accuracy {_fmt(summary['reward_accuracy_last'])}.
+Last logged step: loss {_fmt(summary["train_loss_last"])} (first {_fmt(summary["train_loss_first"])}),
+reward margin {_fmt(summary["reward_margin_last"])}, reward accuracy {_fmt(summary["reward_accuracy_last"])}.
 These are training-batch numbers; judge the model on held-out pairs and by win rate before use.
 The full log is `train_log.json`.
 
@@ -227,37 +224,29 @@ The full log is `train_log.json`.
     (out / "README.md").write_text(text, encoding="utf-8")
 
 
-def train_dpo(rows: list[dict], base: str, out: Path, *, beta: float = 0.1, loss_type: str = "sigmoid",
-              epochs: float = 1, batch_size: int = 2, grad_accum: int = 1, lr: float = 5e-7,
-              max_length: int = 384, max_prompt_length: int = 256, lora: bool = False, lora_r: int = 16,
-              seed: int = 0, max_steps: int = -1, log_every: int = 1,
-              gradient_checkpointing: bool = True) -> dict[str, Any]:
-    """DPO-train the local model ``base`` on ``rows``; write the policy, log and card to ``out``.
-
-    ``lr`` defaults to the paper's 5e-7 (made for batch 64). ``gradient_checkpointing`` on: for
-    SmolLM2-135M on 2 CPU cores (batch 2, length 256) it cut peak RSS 5.0 -> 4.0 GB at no
-    measurable cost per step (15-18 s either way). Returns the headline numbers (``summarize``).
-    """
+def train_dpo(rows: list[dict], cfg: DPOConfig, out: Path, base: str | None = None) -> dict[str, Any]:
+    """DPO-train a local model on ``rows``; write the policy, log and card to ``out``. The model
+    is ``base`` when given (online DPO's current policy), else ``cfg.base`` (a DPOStageConfig).
+    ``cfg.lr`` defaults to the paper's 5e-7 (made for batch 64). Returns the headline numbers
+    (``summarize``)."""
     from ..store import write_json
 
-    _check_options(rows, loss_type, beta, max_length, max_prompt_length)
-    opts = {"beta": beta, "loss_type": loss_type, "epochs": epochs, "batch_size": batch_size,
-            "grad_accum": grad_accum, "lr": lr, "max_length": max_length, "max_prompt_length": max_prompt_length,
-            "lora": lora, "lora_r": lora_r, "seed": seed, "max_steps": max_steps, "log_every": log_every,
-            "gradient_checkpointing": gradient_checkpointing}
+    if not rows:
+        raise UserError("no preference pairs to train on (0 rows)")
+    base = base or getattr(cfg, "base", "default")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    trainer = build_trainer(rows, base, out, opts)
+    trainer = build_trainer(rows, base, out, cfg)
     if len(trainer.train_dataset) == 0:
-        raise UserError(f"every pair is longer than max_length={max_length} in its prompt alone; raise max_length")
+        raise UserError(f"every pair is longer than max_length={cfg.max_length} in its prompt alone; raise max_length")
     start = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - start
-    save_policy(trainer, out)
+    save_merged(trainer, out)
     if not is_main_process(trainer):
         return {}  # under accelerate launch the main process writes the log and card
     history = trainer.state.log_history
     write_json(out / "train_log.json", history)
     summary = summarize(history, seconds)
-    write_model_card(out, base, opts, summary, len(rows))
+    write_model_card(out, base, cfg, summary, len(rows))
     return summary

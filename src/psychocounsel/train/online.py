@@ -18,7 +18,6 @@ Layout under ``out``::
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 import shutil
@@ -27,8 +26,10 @@ from typing import Any
 
 import numpy as np
 
+from ..config import OnlineConfig
 from ..errors import UserError
-from ..store import stable_hash, write_json, write_jsonl
+from ..specs import parse_spec
+from ..store import read_json, read_jsonl, stable_hash, write_json, write_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -46,27 +47,28 @@ def split_dev(speeches: list[dict], dev_fraction: float, seed: int) -> tuple[lis
     return order[:n_dev], order[n_dev:]
 
 
-def _check_inputs(policy: str, reward_model: Path, speeches: list[dict], k: int, temperature: float,
-                  rounds: int, dev_fraction: float) -> None:
-    if not speeches:
-        raise UserError("no speeches to train on (0 given)")
+def read_speeches(path: Path) -> list[dict]:
+    """``{"id", "text"}`` of each row of a speeches JSONL file (ingest's output)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"speeches file not found: {path}")
+    speeches = []
+    for n, row in enumerate(read_jsonl(path), 1):
+        if not isinstance(row.get("id"), str) or not isinstance(row.get("text"), str) or not row["text"].strip():
+            raise UserError(f"{path}: row {n} needs a string 'id' and non-empty 'text' (ingest writes both)")
+        speeches.append({"id": row["id"], "text": row["text"]})
+    return speeches
+
+
+def _require_inputs(policy: str, reward_model: Path, speeches: list[dict]) -> None:
     if len(speeches) < 2:
-        raise UserError("need at least 2 speeches: 1 for dev and 1 to train on")
-    bad = next((i for i, s in enumerate(speeches)
-                if not isinstance(s.get("id"), str) or not isinstance(s.get("text"), str) or not s["text"].strip()), None)
-    if bad is not None:
-        raise UserError(f"speech {bad} needs a string 'id' and non-empty 'text'")
-    if k < 2:
-        raise UserError(f"k must be >= 2 responses per speech (best and worst), got {k}")
-    if temperature <= 0:
-        raise UserError(f"temperature must be > 0 so the k responses differ, got {temperature}")
-    if rounds < 0:
-        raise UserError(f"rounds must be >= 0, got {rounds}")
-    if not 0 < dev_fraction < 1:
-        raise UserError(f"dev_fraction must be in (0, 1), got {dev_fraction}")
+        raise UserError(f"need at least 2 speeches: 1 for dev and 1 to train on ({len(speeches)} given)")
+    ids = [s["id"] for s in speeches]
+    if len(set(ids)) != len(ids):
+        raise UserError("speech ids must be unique")
     if not (Path(reward_model).expanduser() / "config.json").is_file():
         raise UserError(f"reward model folder not found (no config.json): {reward_model}")
-    if policy != "default" and not Path(policy).expanduser().exists():
+    if parse_spec(policy).kind != "default" and not Path(policy).expanduser().exists():
         raise UserError(f"policy path does not exist: {policy}")
 
 
@@ -75,8 +77,7 @@ def _generate(policy: str, prompts: list[str], params: list[dict], batch_size: i
     from ..backends import ChatRequest, load_backend
     from ..config import BackendConfig
 
-    spec = "default" if policy == "default" else f"transformers:{policy}"
-    backend = load_backend(BackendConfig(spec=spec, batch_size=batch_size))
+    backend = load_backend(BackendConfig(spec=policy, batch_size=batch_size))
     try:
         done = backend.complete([ChatRequest([{"role": "user", "content": p}], q) for p, q in zip(prompts, params)])
     finally:
@@ -86,7 +87,7 @@ def _generate(policy: str, prompts: list[str], params: list[dict], batch_size: i
 
 def _rewards(rm, prompts: list[str], responses: list[str], max_length: int = 512) -> np.ndarray:
     """The reward of each (prompt, response), encoded exactly as reward_eval scores pairs."""
-    from ..evaluate.reward_eval import score_responses
+    from ..reward_model import score_responses
 
     model, tokenizer = rm
     return score_responses(model, tokenizer, prompts, responses, max_length=max_length)
@@ -103,8 +104,9 @@ def dev_reward(policy: str, rm, dev: list[dict], max_tokens: int, batch_size: in
     return {"dev_mean_reward": float(rewards.mean()), "dev_n": len(ok), "dev_failed": len(dev) - len(ok)}
 
 
-def make_pairs(speeches: list[dict], texts: list[str | None], rewards: dict[int, float], k: int,
-               min_gap: float) -> list[dict]:
+def make_pairs(
+    speeches: list[dict], texts: list[str | None], rewards: dict[int, float], k: int, min_gap: float
+) -> list[dict]:
     """Best vs worst of each speech's ``k`` responses (``texts`` is sample-major: sample j of
     speech i at ``j * n + i``), kept when the reward gap is over ``min_gap``."""
     n, pairs = len(speeches), []
@@ -114,78 +116,101 @@ def make_pairs(speeches: list[dict], texts: list[str | None], rewards: dict[int,
             continue
         best, worst = max(scored, key=lambda x: x[0]), min(scored, key=lambda x: x[0])
         if best[0] - worst[0] > min_gap:
-            pairs.append({"id": s["id"], "prompt": s["text"], "chosen": best[1], "rejected": worst[1],
-                          "chosen_reward": float(best[0]), "rejected_reward": float(worst[0])})
+            pairs.append(
+                {
+                    "id": s["id"],
+                    "prompt": s["text"],
+                    "chosen": best[1],
+                    "rejected": worst[1],
+                    "chosen_reward": float(best[0]),
+                    "rejected_reward": float(worst[0]),
+                }
+            )
     return pairs
 
 
-def _sample_pairs(policy: str, rm, batch: list[dict], cfg: dict[str, Any]) -> list[dict]:
+def _sample_pairs(policy: str, rm, batch: list[dict], cfg: OnlineConfig) -> list[dict]:
     """``k`` sampled responses per speech, scored, made into pairs. Requests are ordered sample-major
     so each sample's requests share params (distinct ``seed``) and the backend batches them."""
-    n, k = len(batch), cfg["k"]
+    n, k = len(batch), cfg.k
     prompts = [s["text"] for s in batch] * k
-    params = [{"temperature": cfg["temperature"], "max_tokens": cfg["max_tokens"], "seed": j}
-              for j in range(k) for _ in range(n)]
-    texts = _generate(policy, prompts, params, cfg["batch_size"])
+    params = [
+        {"temperature": cfg.temperature, "max_tokens": cfg.max_tokens, "seed": j} for j in range(k) for _ in range(n)
+    ]
+    texts = _generate(policy, prompts, params, cfg.batch_size)
     ok = [i for i, t in enumerate(texts) if t is not None]
     scores = _rewards(rm, [prompts[i] for i in ok], [texts[i] for i in ok]) if ok else []
-    return make_pairs(batch, texts, dict(zip(ok, scores)), k, cfg["min_gap"])
+    return make_pairs(batch, texts, dict(zip(ok, scores)), k, cfg.min_gap)
 
 
-def _run_round(r: int, policy: str, rm, train: list[dict], dev: list[dict], out: Path,
-               cfg: dict[str, Any]) -> dict[str, Any]:
+def _run_round(
+    r: int, policy: str, rm, data: tuple[list[dict], list[dict]], out: Path, cfg: OnlineConfig
+) -> dict[str, Any]:
+    """Round ``r`` from ``policy``; ``data`` is (train, dev) speeches."""
     from .dpo import train_dpo
 
+    train, dev = data
     folder = out / f"round_{r}"
     if folder.exists():
         shutil.rmtree(folder)  # a round without DONE died part-way: redo it from scratch
     folder.mkdir(parents=True)
-    batch = random.Random(f"{cfg['seed']}-round-{r}").sample(train, min(cfg["speeches_per_round"], len(train)))
+    batch = random.Random(f"{cfg.seed}-round-{r}").sample(train, min(cfg.speeches_per_round, len(train)))
     pairs = _sample_pairs(policy, rm, batch, cfg)
     write_jsonl(folder / "pairs.jsonl", pairs)
     if pairs:
-        dpo = train_dpo(pairs, base=policy, out=folder / "policy", **{"seed": cfg["seed"], **cfg["dpo_options"]})
+        dpo = train_dpo(pairs, cfg.round_dpo(), folder / "policy", base=policy)
     else:  # nothing to learn from: the policy carries over unchanged so round r+1 has a base
-        from ..models import resolve_local_model
+        from ..specs import local_model
 
-        shutil.copytree(resolve_local_model(policy), folder / "policy")
+        shutil.copytree(local_model(policy), folder / "policy")
         dpo = None
-    metrics = {"round": r, "policy": str(folder / "policy"), "n_speeches": len(batch), "n_pairs": len(pairs),
-               "mean_gap": float(np.mean([p["chosen_reward"] - p["rejected_reward"] for p in pairs])) if pairs else None,
-               **dev_reward(str(folder / "policy"), rm, dev, cfg["max_tokens"], cfg["batch_size"]), "dpo": dpo}
+    metrics = {
+        "round": r,
+        "policy": str(folder / "policy"),
+        "n_speeches": len(batch),
+        "n_pairs": len(pairs),
+        "mean_gap": float(np.mean([p["chosen_reward"] - p["rejected_reward"] for p in pairs])) if pairs else None,
+        **dev_reward(str(folder / "policy"), rm, dev, cfg.max_tokens, cfg.batch_size),
+        "dpo": dpo,
+    }
     write_json(folder / "metrics.json", metrics)
     (folder / "DONE").write_text("", encoding="utf-8")
-    log.info("online round %d: %d speeches, %d pairs, dev reward %.4f over %d dev speeches",
-             r, len(batch), len(pairs), metrics["dev_mean_reward"], metrics["dev_n"])
+    log.info(
+        "online round %d: %d speeches, %d pairs, dev reward %.4f over %d dev speeches",
+        r,
+        len(batch),
+        len(pairs),
+        metrics["dev_mean_reward"],
+        metrics["dev_n"],
+    )
     return metrics
 
 
-def _round_zero(policy: str, rm, dev: list[dict], out: Path, cfg: dict[str, Any]) -> dict[str, Any]:
+def _round_zero(policy: str, rm, dev: list[dict], out: Path, cfg: OnlineConfig) -> dict[str, Any]:
     folder = out / "round_0"
     if (folder / "DONE").is_file():
-        return _read_json(folder / "metrics.json")
+        return read_json(folder / "metrics.json")
     if folder.exists():
         shutil.rmtree(folder)
-    metrics = {"round": 0, "policy": policy, **dev_reward(policy, rm, dev, cfg["max_tokens"], cfg["batch_size"])}
+    metrics = {"round": 0, "policy": policy, **dev_reward(policy, rm, dev, cfg.max_tokens, cfg.batch_size)}
     write_json(folder / "metrics.json", metrics)
     (folder / "DONE").write_text("", encoding="utf-8")
-    log.info("online round 0 (start): dev reward %.4f over %d dev speeches", metrics["dev_mean_reward"], metrics["dev_n"])
+    log.info(
+        "online round 0 (start): dev reward %.4f over %d dev speeches", metrics["dev_mean_reward"], metrics["dev_n"]
+    )
     return metrics
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text(encoding="utf-8"))
 
 
 def _check_same_run(out: Path, identity: dict[str, Any]) -> None:
     """Resumed rounds are only valid for the same inputs; refuse to mix runs in one folder."""
     path = out / "config.json"
     if path.is_file():
-        old = _read_json(path)
+        old = read_json(path)
         diff = sorted(key for key in identity if old.get(key) != identity[key])
         if diff:
-            raise UserError(f"{out} holds rounds of a different run (differs in: {', '.join(diff)}); "
-                            "use a new output folder")
+            raise UserError(
+                f"{out} holds rounds of a different run (differs in: {', '.join(diff)}); use a new output folder"
+            )
     write_json(path, identity)
 
 
@@ -194,7 +219,7 @@ def _keep_best(metrics: list[dict], policy: str, out: Path) -> dict[str, Any]:
     source = Path(best["policy"]).expanduser()
     if (out / "best").exists():
         shutil.rmtree(out / "best")  # a longer resumed run may pick another round: no stale files
-    if best["round"] > 0 or (policy != "default" and source.is_dir()):
+    if best["round"] > 0 or (parse_spec(policy).kind != "default" and source.is_dir()):
         shutil.copytree(source, out / "best", dirs_exist_ok=True)
         best_policy = str(out / "best")
     else:
@@ -204,33 +229,37 @@ def _keep_best(metrics: list[dict], policy: str, out: Path) -> dict[str, Any]:
     return summary
 
 
-def train_online(policy: str, reward_model: Path, speeches: list[dict], out: Path, *, rounds: int = 1,
-                 speeches_per_round: int = 8, k: int = 8, temperature: float = 1.0, max_tokens: int = 128,
-                 min_gap: float = 0.0, dev_fraction: float = 0.1, seed: int = 0,
-                 dpo_options: dict | None = None, batch_size: int = 16) -> dict[str, Any]:
-    """Run ``rounds`` of DPO-Iter from ``policy`` (a local model folder or ``default``), resuming the
-    rounds already DONE in ``out``. ``speeches`` are ``{"id", "text"}`` dicts; ``dpo_options`` are
-    ``train_dpo`` keywords; ``batch_size`` is sequences per generate() call. Returns summary.json."""
+def train_online(policy: str, reward_model: Path, speeches: list[dict], out: Path, cfg: OnlineConfig) -> dict[str, Any]:
+    """Run ``cfg.rounds`` of DPO-Iter from ``policy`` (a local model folder or ``default``),
+    resuming the rounds already DONE in ``out``. ``speeches`` are ``{"id", "text"}`` dicts (see
+    ``read_speeches``). Returns summary.json."""
     policy, out = str(policy), Path(out)
-    _check_inputs(policy, Path(reward_model), speeches, k, temperature, rounds, dev_fraction)
-    from ..evaluate.reward_eval import load_reward_model
+    _require_inputs(policy, Path(reward_model), speeches)
+    from ..reward_model import load_reward_model
 
-    dev, train = split_dev(speeches, dev_fraction, seed)
-    cfg = {"k": k, "temperature": temperature, "max_tokens": max_tokens, "min_gap": min_gap, "seed": seed,
-           "speeches_per_round": speeches_per_round, "batch_size": batch_size, "dpo_options": dict(dpo_options or {})}
+    dev, train = split_dev(speeches, cfg.dev_fraction, cfg.seed)
     out.mkdir(parents=True, exist_ok=True)
-    _check_same_run(out, {"policy": policy, "reward_model": str(reward_model),
-                          "speeches": stable_hash([[s["id"], s["text"]] for s in speeches]),
-                          **{key: v for key, v in cfg.items() if key != "batch_size"}, "dev_fraction": dev_fraction})
+    # What the rounds are made from; batch_size changes only the speed, not the result.
+    settings = cfg.model_dump(mode="json", exclude={"batch_size", "rounds", "dpo"})
+    _check_same_run(
+        out,
+        {
+            "policy": policy,
+            "reward_model": str(reward_model),
+            "speeches": stable_hash([[s["id"], s["text"]] for s in speeches]),
+            **settings,
+            "dpo_options": cfg.round_dpo().model_dump(mode="json", exclude_unset=True),
+        },
+    )
     rm = load_reward_model(reward_model)
     metrics = [_round_zero(policy, rm, dev, out, cfg)]
     current = policy
-    for r in range(1, rounds + 1):
+    for r in range(1, cfg.rounds + 1):
         folder = out / f"round_{r}"
         if (folder / "DONE").is_file():
-            metrics.append(_read_json(folder / "metrics.json"))
+            metrics.append(read_json(folder / "metrics.json"))
             log.info("online round %d: done before, skipped", r)
         else:
-            metrics.append(_run_round(r, current, rm, train, dev, out, cfg))
+            metrics.append(_run_round(r, current, rm, (train, dev), out, cfg))
         current = str(folder / "policy")
     return _keep_best(metrics, policy, out)
