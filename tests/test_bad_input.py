@@ -89,200 +89,201 @@ def snapshot(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def _pairs_file(tmp: Path, content: bytes, name: str = "pairs.jsonl") -> str:
-    (tmp / name).write_bytes(content)
-    return str(tmp / name)
-
-
-PAIR = b'{"question": "I feel low", "chosen": "That sounds hard.", "rejected": "Cheer up."}\n'
 LABELLED = b'{"question": "I feel low", "response_a": "That sounds hard.", "response_b": "Cheer up.", "label": "A"}\n'
 NOT_UTF8 = b'{"question": "caf\xe9", "chosen": "a", "rejected": "b"}\n'
 NOT_OBJECT = b'["I feel low", "That sounds hard.", "Cheer up."]\n'
 
-
-def _case_args(case: str, run: Path, tmp: Path, server: FakeOpenAI) -> tuple[list[str], list[str]]:
-    """(argv, words the error line must contain) for one bad input against the run ``run``."""
-    run_s = str(run)
-    if case == "ingest min-chars above max-chars":
-        return [
-            "ingest",
-            str(tmp / "speeches-in.jsonl"),
-            "--run-dir",
-            run_s,
-            "--min-chars",
-            "900",
-            "--max-chars",
-            "100",
-        ], ["min_chars"]
-    if case == "ingest that would write no speech":
-        return [
-            "ingest",
-            str(tmp / "speeches-in.jsonl"),
-            "--run-dir",
-            run_s,
-            "--min-chars",
-            "5000",
-            "--max-chars",
-            "6000",
-        ], ["no speech is left"]
-    if case == "re-ingest a different file into a run with responses":
-        other = write_speeches(tmp / "other.jsonl", 9)
-        other.write_text(other.read_text().replace("Speech", "Other speech"))
-        return ["ingest", str(other), "--run-dir", run_s], ["would mix two data sets", "new --run-dir"]
-    if case in ("rubric weight .inf", "run with a rubric weight .inf"):
-        rubric = yaml.safe_load((Path(SRC) / "psychocounsel" / "rubrics" / "psychocounsel.yaml").read_text())
-        rubric["principles"][0]["weight"] = float("inf")
-        (tmp / "inf.yaml").write_text(yaml.safe_dump(rubric))
-        if case.startswith("run"):
-            cfg = yaml.safe_load(_config(tmp, server).read_text())
-            cfg["rate"]["rubric"] = str(tmp / "inf.yaml")
-            (tmp / "inf-run.yaml").write_text(yaml.safe_dump(cfg))
-            return ["run", str(tmp / "inf-run.yaml"), "--run-dir", run_s], ["finite"]
-        return ["pairs", "--run-dir", run_s, "--rubric", str(tmp / "inf.yaml")], ["finite"]
-    if case == "pairs with no pair over min-gap":
-        return ["pairs", "--run-dir", run_s, "--min-gap", "4.5"], ["no train pair"]
-    if case == "train-dpo --epochs 0":
-        return ["train-dpo", "--pairs", run_s, "--epochs", "0", "--out", str(run / "policy")], ["epochs"]
-    if case == "train-dpo --lr -1":
-        return ["train-dpo", "--pairs", run_s, "--lr", "-1", "--out", str(run / "policy")], ["lr"]
-    if case == "train-rm --grad-accum 0":
-        return ["train-rm", "--pairs", run_s, "--grad-accum", "0", "--out", str(run / "rm")], ["grad_accum"]
-    if case == "eval-judge --limit -1":
-        return [
-            "eval-judge",
-            "--judge",
-            "minilm",
-            "--data",
-            _pairs_file(tmp, LABELLED),
-            "--limit",
-            "-1",
-            "--out",
-            str(run / "judge.json"),
-        ], ["limit"]
-    if case in ("eval-winrate --limit -1", "eval-winrate --max-tokens 0", "eval-winrate --batch-size 0"):
-        flag, value = case.split()[1:]
-        return [
-            "eval-winrate",
-            "--policy",
-            "default",
-            "--speeches",
-            str(tmp / "speeches-in.jsonl"),
-            "--out",
-            str(run / "eval"),
-            flag,
-            value,
-        ], [flag.strip("-").replace("-", "_")]
-    if case == "typo inside online.dpo":
-        cfg = _config(tmp, server, online={"rounds": 1, "dpo": {"max_stpes": 2}})
-        return ["run", str(cfg), "--run-dir", run_s], ["online.dpo.max_stpes", "unknown key"]
-    if case in ("pairs file not UTF-8", "pairs file with a non-object row"):
-        content = NOT_UTF8 if "UTF-8" in case else NOT_OBJECT
-        return ["train-dpo", "--pairs", _pairs_file(tmp, content), "--out", str(run / "policy")], [
-            "UTF-8" if "UTF-8" in case else "JSON object"
-        ]
-    if case in ("labelled pairs not UTF-8", "labelled pairs with a non-object row"):
-        content = NOT_UTF8 if "UTF-8" in case else NOT_OBJECT
-        return ["eval-judge", "--judge", "minilm", "--data", _pairs_file(tmp, content, "labelled.jsonl")], [
-            "UTF-8" if "UTF-8" in case else "JSON object"
-        ]
-    if case in ("run-dir jsonl not UTF-8", "run-dir jsonl with a non-object row"):
-        rows = (run / "responses.jsonl").read_bytes()
-        (run / "responses.jsonl").write_bytes(rows + (b'{"id": "caf\xe9"}\n' if "UTF-8" in case else NOT_OBJECT))
-        return ["rate", "--run-dir", run_s, "--config", str(_config(tmp, server))], [
-            "responses.jsonl:13",
-            "UTF-8" if "UTF-8" in case else "JSON object",
-        ]
-    if case == "--run-dir names an existing file":
-        return ["generate", "--run-dir", str(run / "run.json")], ["existing file"]
-    if case == "--out names an existing file":
-        return ["train-rm", "--pairs", run_s, "--out", str(run / "run.json")], ["existing file"]
-    if case == "train-online speeches without id":
-        (tmp / "noid.jsonl").write_text('{"text": "I feel low"}\n{"text": "I feel lost"}\n')
-        return [
-            "train-online",
-            "--reward-model",
-            str(run),
-            "--speeches",
-            str(tmp / "noid.jsonl"),
-            "--out",
-            str(run / "online"),
-        ], ["'id'"]
-    if case == "missing embedding_model path":
-        cfg = _config(tmp, server, rate={"judge": {"type": "minilm", "embedding_model": str(tmp / "no-model")}})
-        return ["rate", "--run-dir", run_s, "--config", str(cfg)], ["no-model"]
-    if case == "corrupted cache.sqlite":
-        (run / "cache.sqlite").write_bytes(b"this is not a database" * 100)
-        for extra in ("cache.sqlite-wal", "cache.sqlite-shm"):
-            (run / extra).unlink(missing_ok=True)
-        cfg = _config(
-            tmp,
-            server,
-            generate={
-                "k": 3,
-                "pool": [
-                    {"name": n, "backend": {"spec": "openai:fake-model", "base_url": server.url}}
-                    for n in ("a", "b", "c")
-                ],
-            },
-        )
-        return ["generate", "--run-dir", run_s, "--config", str(cfg)], ["cache.sqlite", "delete it"]
-    if case == "generate whose every call fails":
-        backend = {"spec": "openai:fake-model", "base_url": server.url, "max_retries": 0}
-        cfg = _config(
-            tmp, server, generate={"k": 1, "pool": [{"name": "down", "backend": backend, "system_prompt": "fail"}]}
-        )
-        return ["generate", "--run-dir", run_s, "--config", str(cfg)], ["all", "failed", "HTTP 500"]
-    if case == "rate whose every rating fails":
-        backend = {"spec": "openai:other-judge", "base_url": server.url, "max_retries": 0}
-        cfg = _config(tmp, server, rate={"judge": {"type": "llm", "backend": backend, "retries": 0}})
-        # This judge can read nothing: every reply it gets is unparseable.
-        server.handler = lambda body: Reply.ok("UNRATEABLE") if body["model"] == "other-judge" else _reply(body)
-        return ["rate", "--run-dir", run_s, "--config", str(cfg)], ["failed on all", "nothing written"]
-    raise AssertionError(case)
+# Each case: (run, tmp, server) -> (argv, words its one error line must contain). The run is a
+# fresh copy of a finished run; tmp holds the inputs the run was made from.
+CASES = {}
 
 
-CASES = [
-    "ingest min-chars above max-chars",
-    "ingest that would write no speech",
-    "re-ingest a different file into a run with responses",
-    "rubric weight .inf",
-    "run with a rubric weight .inf",
-    "pairs with no pair over min-gap",
-    "train-dpo --epochs 0",
-    "train-dpo --lr -1",
-    "train-rm --grad-accum 0",
-    "eval-judge --limit -1",
-    "eval-winrate --limit -1",
-    "eval-winrate --max-tokens 0",
-    "eval-winrate --batch-size 0",
-    "typo inside online.dpo",
-    "pairs file not UTF-8",
-    "pairs file with a non-object row",
-    "labelled pairs not UTF-8",
-    "labelled pairs with a non-object row",
-    "run-dir jsonl not UTF-8",
-    "run-dir jsonl with a non-object row",
-    "--run-dir names an existing file",
-    "--out names an existing file",
-    "train-online speeches without id",
-    "missing embedding_model path",
-    "corrupted cache.sqlite",
-    "generate whose every call fails",
-    "rate whose every rating fails",
-]
+def case(name: str):
+    def register(fn):
+        CASES[name] = fn
+        return fn
+
+    return register
+
+
+def _inf_rubric(tmp: Path) -> str:
+    rubric = yaml.safe_load((Path(SRC) / "psychocounsel" / "rubrics" / "psychocounsel.yaml").read_text())
+    rubric["principles"][0]["weight"] = float("inf")
+    (tmp / "inf.yaml").write_text(yaml.safe_dump(rubric))
+    return str(tmp / "inf.yaml")
+
+
+def _with(tmp: Path, name: str, content: bytes) -> str:
+    (tmp / name).write_bytes(content)
+    return str(tmp / name)
+
+
+@case("ingest min-chars above max-chars")
+def _(run, tmp, server):
+    flags = ["--min-chars", "900", "--max-chars", "100"]
+    return ["ingest", str(tmp / "speeches-in.jsonl"), "--run-dir", str(run), *flags], ["min_chars"]
+
+
+@case("ingest that would write no speech")
+def _(run, tmp, server):
+    flags = ["--min-chars", "5000", "--max-chars", "6000"]
+    return ["ingest", str(tmp / "speeches-in.jsonl"), "--run-dir", str(run), *flags], ["no speech is left"]
+
+
+@case("re-ingest a different file into a run with responses")
+def _(run, tmp, server):
+    other = write_speeches(tmp / "other.jsonl", 9)
+    other.write_text(other.read_text().replace("Speech", "Other speech"))
+    return ["ingest", str(other), "--run-dir", str(run)], ["would mix two data sets", "new --run-dir"]
+
+
+@case("rubric weight .inf")
+def _(run, tmp, server):
+    return ["pairs", "--run-dir", str(run), "--rubric", _inf_rubric(tmp)], ["finite"]
+
+
+@case("run with a rubric weight .inf")
+def _(run, tmp, server):
+    cfg = yaml.safe_load(_config(tmp, server).read_text())
+    cfg["rate"]["rubric"] = _inf_rubric(tmp)
+    (tmp / "inf-run.yaml").write_text(yaml.safe_dump(cfg))
+    return ["run", str(tmp / "inf-run.yaml"), "--run-dir", str(run)], ["finite"]
+
+
+@case("pairs with no pair over min-gap")
+def _(run, tmp, server):
+    return ["pairs", "--run-dir", str(run), "--min-gap", "4.5"], ["no train pair"]
+
+
+@case("train-dpo --epochs 0")
+def _(run, tmp, server):
+    return ["train-dpo", "--pairs", str(run), "--epochs", "0", "--out", str(run / "policy")], ["epochs"]
+
+
+@case("train-dpo --lr -1")
+def _(run, tmp, server):
+    return ["train-dpo", "--pairs", str(run), "--lr", "-1", "--out", str(run / "policy")], ["lr"]
+
+
+@case("train-rm --grad-accum 0")
+def _(run, tmp, server):
+    return ["train-rm", "--pairs", str(run), "--grad-accum", "0", "--out", str(run / "rm")], ["grad_accum"]
+
+
+@case("eval-judge --limit -1")
+def _(run, tmp, server):
+    data = _with(tmp, "labelled.jsonl", LABELLED)
+    return ["eval-judge", "--judge", "minilm", "--data", data, "--limit", "-1", "--out", str(run / "j.json")], ["limit"]
+
+
+def _winrate(flag: str, value: str):
+    def make(run, tmp, server):
+        common = ["--policy", "default", "--speeches", str(tmp / "speeches-in.jsonl"), "--out", str(run / "eval")]
+        return ["eval-winrate", *common, flag, value], [flag.strip("-").replace("-", "_")]
+
+    return make
+
+
+for _flag, _value in (("--limit", "-1"), ("--max-tokens", "0"), ("--batch-size", "0")):
+    case(f"eval-winrate {_flag} {_value}")(_winrate(_flag, _value))
+
+
+@case("typo inside online.dpo")
+def _(run, tmp, server):
+    cfg = _config(tmp, server, online={"rounds": 1, "dpo": {"max_stpes": 2}})
+    return ["run", str(cfg), "--run-dir", str(run)], ["online.dpo.max_stpes", "unknown key"]
+
+
+def _bad_file(command: str, content: bytes, needle: str):
+    def make(run, tmp, server):
+        if command == "train-dpo":
+            return ["train-dpo", "--pairs", _with(tmp, "p.jsonl", content), "--out", str(run / "policy")], [needle]
+        return ["eval-judge", "--judge", "minilm", "--data", _with(tmp, "l.jsonl", content)], [needle]
+
+    return make
+
+
+for _what, _command in (("pairs file", "train-dpo"), ("labelled pairs", "eval-judge")):
+    case(f"{_what} not UTF-8")(_bad_file(_command, NOT_UTF8, "UTF-8"))
+    case(f"{_what} with a non-object row")(_bad_file(_command, NOT_OBJECT, "JSON object"))
+
+
+def _bad_run_file(line: bytes, needle: str):
+    def make(run, tmp, server):
+        (run / "responses.jsonl").write_bytes((run / "responses.jsonl").read_bytes() + line)
+        return ["rate", "--run-dir", str(run), "--config", str(_config(tmp, server))], ["responses.jsonl:13", needle]
+
+    return make
+
+
+case("run-dir jsonl not UTF-8")(_bad_run_file(b'{"id": "caf\xe9"}\n', "UTF-8"))
+case("run-dir jsonl with a non-object row")(_bad_run_file(NOT_OBJECT, "JSON object"))
+
+
+@case("--run-dir names an existing file")
+def _(run, tmp, server):
+    return ["generate", "--run-dir", str(run / "run.json")], ["existing file"]
+
+
+@case("--out names an existing file")
+def _(run, tmp, server):
+    return ["train-rm", "--pairs", str(run), "--out", str(run / "run.json")], ["existing file"]
+
+
+@case("train-online speeches without id")
+def _(run, tmp, server):
+    (tmp / "noid.jsonl").write_text('{"text": "I feel low"}\n{"text": "I feel lost"}\n')
+    args = ["--reward-model", str(run), "--speeches", str(tmp / "noid.jsonl"), "--out", str(run / "online")]
+    return ["train-online", *args], ["'id'"]
+
+
+@case("missing embedding_model path")
+def _(run, tmp, server):
+    cfg = _config(tmp, server, rate={"judge": {"type": "minilm", "embedding_model": str(tmp / "no-model")}})
+    return ["rate", "--run-dir", str(run), "--config", str(cfg)], ["no-model"]
+
+
+@case("corrupted cache.sqlite")
+def _(run, tmp, server):
+    (run / "cache.sqlite").write_bytes(b"this is not a database" * 100)
+    for extra in ("cache.sqlite-wal", "cache.sqlite-shm"):
+        (run / extra).unlink(missing_ok=True)
+    pool = [{"name": n, "backend": {"spec": "openai:fake-model", "base_url": server.url}} for n in ("a", "b", "c")]
+    cfg = _config(tmp, server, generate={"k": 3, "pool": pool})
+    return ["generate", "--run-dir", str(run), "--config", str(cfg)], ["cache.sqlite", "delete it"]
+
+
+@case("generate whose every call fails")
+def _(run, tmp, server):
+    backend = {"spec": "openai:fake-model", "base_url": server.url, "max_retries": 0}
+    cfg = _config(
+        tmp, server, generate={"k": 1, "pool": [{"name": "down", "backend": backend, "system_prompt": "fail"}]}
+    )
+    return ["generate", "--run-dir", str(run), "--config", str(cfg)], ["all", "failed", "HTTP 500"]
+
+
+@case("rate whose every rating fails")
+def _(run, tmp, server):
+    backend = {"spec": "openai:other-judge", "base_url": server.url, "max_retries": 0}
+    cfg = _config(tmp, server, rate={"judge": {"type": "llm", "backend": backend, "retries": 0}})
+    # This judge can read nothing: every reply it gets is unparseable.
+    server.handler = lambda body: Reply.ok("UNRATEABLE") if body["model"] == "other-judge" else _reply(body)
+    return ["rate", "--run-dir", str(run), "--config", str(cfg)], ["failed on all", "nothing written"]
+
+
 # The unparseable replies of a judge that read nothing are kept in the call cache (so they can be
 # re-parsed without paying for them again); no row of the run changes.
 CACHE_MAY_GROW = {"rate whose every rating fails"}
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("case", CASES)
-def test_bad_input_is_one_line_exit_2_and_changes_nothing(case, finished_run, tmp_path, server):
+@pytest.mark.parametrize("name", list(CASES))
+def test_bad_input_is_one_line_exit_2_and_changes_nothing(name, finished_run, tmp_path, server):
     run = tmp_path / "run"
     shutil.copytree(finished_run, run)
     shutil.copy(finished_run.parent / "speeches-in.jsonl", tmp_path / "speeches-in.jsonl")
     try:
-        argv, needles = _case_args(case, run, tmp_path, server)
+        argv, needles = CASES[name](run, tmp_path, server)
         before = snapshot(run)
         res = cli(*argv)
     finally:
@@ -293,7 +294,7 @@ def test_bad_input_is_one_line_exit_2_and_changes_nothing(case, finished_run, tm
     for needle in needles:
         assert needle in lines[0], lines[0]
     after = snapshot(run)
-    if case in CACHE_MAY_GROW:
+    if name in CACHE_MAY_GROW:
         before = {k: v for k, v in before.items() if not k.startswith("cache.sqlite")}
         after = {k: v for k, v in after.items() if not k.startswith("cache.sqlite")}
     assert after == before

@@ -66,6 +66,15 @@ def test_response_id_depends_on_generator_settings():
     assert response_id(s, GeneratorConfig(name="a")) != response_id(s, GeneratorConfig(name="a", temperature=0.1))
 
 
+def test_response_id_is_stable_across_versions():
+    """Ids are hashes of the generator's settings: one added later that cannot change the text
+    (the reply size cap) must not change them, or every run made before would be regenerated
+    and its pairs reordered. The id below is what psychocounsel 0.1.0 gave."""
+    s = Speech(id="s1", text="x")
+    capped = GeneratorConfig(name="a", backend={"spec": "default", "max_response_bytes": 2048})
+    assert response_id(s, capped) == response_id(s, GeneratorConfig(name="a")) == "r-13bfbb504e470ac8"
+
+
 def test_trim_incomplete():
     assert trim_incomplete('She said "stop." Then I') == 'She said "stop."'
     assert trim_incomplete("Really? Yes! And") == "Really? Yes!"

@@ -4,6 +4,7 @@ directory written here, by us (speeches, responses, ratings, run.json); no netwo
 from __future__ import annotations
 
 import itertools
+import json
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -488,3 +489,17 @@ def test_cli_rejects_out_of_range_pairs_options(tmp_path, capsys, option):
     code = cli.main(["pairs", "--run-dir", str(tmp_path / "run"), "-q", *option])
     assert code == 2
     assert capsys.readouterr().err.startswith("psychocounsel: error:")
+
+
+def test_card_escapes_generator_names(tmp_path):
+    """A generator name holding a pipe or HTML must not break the card's table or inject markup."""
+    rundir = write_run(tmp_path / "run", scores={"s0": {"x": 5.0, "y": 2.0}})
+    rows = read_jsonl(rundir.responses)
+    for r in rows:
+        r["generator"] = "a|b <script>" if r["generator"] == "gen-x" else r["generator"]
+    rundir.responses.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    pairs.run(PairsConfig(min_gap=0.0, test_fraction=0.0), rundir)
+    card = (rundir.pairs / "README.md").read_text(encoding="utf-8")
+    line = next(x for x in card.splitlines() if x.startswith("| a"))
+    assert line.startswith("| a\\|b &lt;script&gt; | 1 |") and "<script>" not in card
+    assert line.count(" | ") == len(PAPER_KEYS) + 2  # name, responses, score, one cell per principle

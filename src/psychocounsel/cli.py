@@ -3,7 +3,6 @@ is in the stage modules. Bad input exits with code 2 and one line on stderr."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import sys
@@ -12,7 +11,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from . import __version__
+from .arguments import build_parser, judge_config
 from .config import (
     BackendConfig,
     DPOConfig,
@@ -27,269 +26,16 @@ from .config import (
     RewardEvalConfig,
     RewardModelConfig,
     RunConfig,
-    WinrateJudgeConfig,
     format_validation_error,
     load_config,
     override,
 )
 from .errors import UserError
-from .flags import add_flags, given
+from .flags import given
 from .lock import FolderLock
 from .pipeline import STAGES
 from .specs import parse_spec
 from .store import RunDir, check_dir_path, check_file_path
-
-DESCRIPTION = (
-    "Principle-based preference learning for psycho-counseling: rate counselor responses "
-    "on seven principles, build a preference data set from the ratings, train a reward model "
-    "and a policy (DPO, online iterative DPO), and measure win rates."
-)
-EPILOG = """\
-stages: ingest -> generate -> rate -> pairs [-> reward_model -> dpo -> online -> eval] -> report.
-Each reads and writes the run directory (--run-dir); `run` chains them. Rerunning resumes and
-skips finished work. train-*, eval-* and report also run on their own.
-Example: psychocounsel run configs/quickstart.yaml --run-dir runs/quickstart"""
-
-
-def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--run-dir", required=True, type=Path, help="the run directory (created if absent)")
-    p.add_argument("--config", help="a run config YAML (see configs/); flags override its values")
-    _quiet(p)
-
-
-def _quiet(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
-
-
-def _force(p: argparse.ArgumentParser, what: str) -> None:
-    p.add_argument(
-        "--force",
-        action="store_true",
-        help=f"write {what} even when that replaces existing rows with none, or orphans later stages' rows",
-    )
-
-
-def build_parser() -> argparse.ArgumentParser:
-    fmt = argparse.RawDescriptionHelpFormatter
-    parser = argparse.ArgumentParser(prog="psychocounsel", description=DESCRIPTION, epilog=EPILOG, formatter_class=fmt)
-    parser.add_argument("--version", action="version", version=f"psychocounsel {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    p = sub.add_parser(
-        "run",
-        help="run the stages of a config in order, resuming done work",
-        description="Run the stages of CONFIG in order into --run-dir: ingest, generate, rate, "
-        "pairs, then reward_model, dpo, online and eval when the config has those sections, "
-        "then the report. Work already in the run directory (and the call cache) is not redone. "
-        "One process at a time per run directory.",
-    )
-    p.add_argument("config", help="run config YAML, e.g. configs/quickstart.yaml")
-    p.add_argument("--run-dir", required=True, type=Path, help="the run directory (created if absent)")
-    p.add_argument("--until", choices=STAGES, help="stop after this stage")
-    _force(p, "ingest's and pairs' output")
-    _quiet(p)
-
-    p = sub.add_parser(
-        "ingest",
-        help="read client speeches, clean, filter, dedupe -> speeches.jsonl",
-        description="Read client speeches from CSV, JSONL/JSON, Parquet or text; normalise; keep "
-        "100-1000 characters (the paper's filter); drop exact and near duplicates "
-        "(word 3-shingle Jaccard >= 0.9); write RUN_DIR/speeches.jsonl.",
-    )
-    p.add_argument("input", nargs="?", type=Path, help="input file (default: ingest.input of --config)")
-    _common(p)
-    add_flags(p, IngestConfig, skip=("input",))
-    _force(p, "speeches.jsonl")
-
-    p = sub.add_parser(
-        "generate",
-        help="draw k generators per speech; each writes a response",
-        description="For every speech, draw k generators from the pool in --config "
-        "(seeded) and write one response each to RUN_DIR/responses.jsonl.",
-    )
-    _common(p)
-    add_flags(p, GenerateConfig)
-
-    p = sub.add_parser(
-        "rate",
-        help="score every response 1-5 on each principle",
-        description="The judge scores each response on every principle of the rubric; "
-        "writes RUN_DIR/ratings.jsonl (failed ratings kept with their reason).",
-    )
-    _common(p)
-    add_flags(p, RateConfig)
-    p.add_argument(
-        "--judge",
-        help="'minilm' (offline default) or a backend spec for an LLM judge, "
-        "e.g. openai:gpt-4o, transformers:PATH, default",
-    )
-    p.add_argument("--mode", choices=["json", "logprob"], help="LLM judge mode (default json)")
-    p.add_argument("--base-url", help="OpenAI-compatible server URL for an openai: judge")
-
-    p = sub.add_parser(
-        "pairs",
-        help="build train/test preference pairs in the published format",
-        description="Pair rated responses: train = every two responses of a speech whose "
-        "weighted scores differ by >= --min-gap; test = best vs worst per test speech. "
-        "Writes RUN_DIR/pairs/{train,test}.{parquet,jsonl} and a dataset card.",
-    )
-    _common(p)
-    add_flags(p, PairsConfig)
-    p.add_argument("--rubric", type=Path, help="rubric YAML used for the weights")
-    _force(p, "the pairs")
-    _training_parsers(sub)
-    _eval_parsers(sub)
-    return parser
-
-
-def _judge_flags(p: argparse.ArgumentParser, required: bool) -> None:
-    p.add_argument(
-        "--judge",
-        action="append",
-        required=required,
-        help="'reward_model' (RUN/reward_model), "
-        "'rm:PATH' (a reward model: higher reward wins), 'minilm' (the rater), or a backend spec for "
-        "an LLM judge (default, transformers:PATH, openai:MODEL); repeat for a panel (majority)",
-    )
-    add_flags(p, WinrateJudgeConfig, prefix="judge_", skip=("spec",))
-
-
-def _judge_config(args, default: str | None = None) -> dict:
-    specs = args.judge or [default]
-    return {"spec": specs if len(specs) > 1 else specs[0], **given(args, WinrateJudgeConfig, "judge_", ("spec",))}
-
-
-def _eval_parsers(sub) -> None:
-    p = sub.add_parser(
-        "eval-winrate",
-        help="win rate of a policy against a reference, judged in both orders",
-        description="Both sides answer every held-out speech (cached); each judge compares the "
-        "answers with the policy first and again with it second. A win counts only when both "
-        "orders agree, else a tie (worth half). Writes OUT/winrate.json: win rate with a "
-        "bootstrap 95%% CI, length-controlled win rate, per-principle win rates, position "
-        "consistency, average lengths; and OUT/<judge>/judgements.jsonl.",
-    )
-    p.add_argument(
-        "--policy",
-        required=True,
-        help="backend spec (default, transformers:PATH, openai:MODEL) or a "
-        "model folder; with --run-dir also 'policy' (RUN/policy) or 'online' (RUN/online/best)",
-    )
-    p.add_argument("--reference", default="default", help="the other side, as --policy (default: SmolLM2-135M)")
-    _judge_flags(p, required=False)
-    p.add_argument("--policy-base-url", help="server URL for an openai: policy")
-    p.add_argument("--reference-base-url", help="server URL for an openai: reference")
-    p.add_argument(
-        "--speeches",
-        required=True,
-        type=Path,
-        help="held-out speeches, JSONL ({id, text} or MentalChat16K's {question_id, turns})",
-    )
-    p.add_argument("--out", required=True, type=Path, help="output folder")
-    p.add_argument("--run-dir", type=Path, help="a run directory, for 'policy', 'online' and 'reward_model'")
-    add_flags(p, EvalConfig, skip=("speeches",))
-    add_flags(p, BackendConfig, only=("batch_size",))
-    _quiet(p)
-
-    p = sub.add_parser(
-        "eval-judge",
-        help="agreement of a judge with human-labelled preference pairs",
-        description="Judge human-labelled pairs in both orders; report accuracy, Cohen's kappa "
-        "and position consistency, so a cheap judge can be checked before it is trusted. Data: "
-        "question/prompt + chosen + rejected, or question/prompt + response_a + response_b + "
-        "label (A, B or tie); JSONL, CSV or Parquet.",
-    )
-    _judge_flags(p, required=True)
-    p.add_argument("--data", required=True, type=Path, help="labelled pairs file")
-    p.add_argument("--out", type=Path, help="write the metrics as JSON here")
-    p.add_argument("--cache", type=Path, help="call cache (default: beside --out, else none kept)")
-    add_flags(p, JudgeEvalConfig)
-    _quiet(p)
-
-    p = sub.add_parser(
-        "report",
-        help="write RUN/report.html (self-contained) and its PNGs",
-        description="Plots of a run (score distributions, generators, pair gaps, reward-model "
-        "reliability, training curves, win rates, length vs score) in one HTML file that opens "
-        "offline; the PNGs go to RUN/report/.",
-    )
-    p.add_argument("run_dir", type=Path, help="the run directory")
-    _quiet(p)
-
-
-def _training_parsers(sub) -> None:
-    def common(p: argparse.ArgumentParser, section: str) -> None:
-        p.add_argument(
-            "--pairs",
-            required=True,
-            help="a run's pairs/ folder, a .parquet/.jsonl/.csv file, a saved "
-            "`datasets` folder, or a Hugging Face dataset id in the published schema (needs network)",
-        )
-        p.add_argument(
-            "--config",
-            help=f"a run config (e.g. configs/paper.yaml): its {section} section gives the "
-            "defaults, flags override them",
-        )
-        p.add_argument("--out", required=True, type=Path, help="output folder for the model, log and card")
-        _quiet(p)
-
-    p = sub.add_parser(
-        "train-rm",
-        help="train a Bradley-Terry reward model on preference pairs",
-        description="Train a reward model (TRL RewardTrainer, -log sigmoid(r_chosen - r_rejected "
-        "- margin)) on the train split; evaluate accuracy, AUC, ECE and Brier on the test split. "
-        "Writes safetensors, tokenizer, metrics.json and a model card to --out.",
-    )
-    common(p, "reward_model")
-    add_flags(p, RewardModelConfig)
-    p.add_argument(
-        "--no-margin",
-        dest="use_margin",
-        action="store_const",
-        const=False,
-        help="ignore the pairs' score margins in the loss (same as --no-use-margin)",
-    )
-
-    p = sub.add_parser(
-        "eval-rm",
-        help="score preference pairs with a reward model: accuracy, AUC, ECE, Brier",
-        description="Score a file of preference pairs (published columns question/chosen/rejected "
-        "or TRL's prompt/chosen/rejected; JSONL, CSV or Parquet) with a reward model.",
-    )
-    p.add_argument("--model", required=True, type=Path, help="a reward model folder (e.g. from train-rm)")
-    p.add_argument("--data", required=True, help="pairs file, pairs/ folder (its test split) or saved datasets folder")
-    p.add_argument("--out", type=Path, help="write the metrics as JSON here")
-    add_flags(p, RewardEvalConfig)
-    _quiet(p)
-
-    p = sub.add_parser(
-        "train-dpo",
-        help="align a policy with offline DPO on preference pairs",
-        description="DPO (TRL DPOTrainer) on the train split, the base as reference. Logs reward "
-        "margins and accuracies; writes the policy (safetensors), log and model card to --out.",
-    )
-    common(p, "dpo")
-    add_flags(p, DPOStageConfig)
-
-    p = sub.add_parser(
-        "train-online",
-        help="online iterative DPO (DPO-Iter) against a reward model",
-        description="Each round samples speeches, the current policy writes k responses per "
-        "speech, the reward model picks best and worst as a DPO pair, then a DPO update. Rounds "
-        "resume; the best round by mean dev reward is copied to OUT/best.",
-    )
-    p.add_argument("--policy", default="default", help="starting policy: 'default' or a local model folder")
-    p.add_argument("--reward-model", required=True, type=Path, help="a reward model folder (from train-rm)")
-    p.add_argument("--speeches", required=True, type=Path, help="speeches.jsonl (ingest output: id, text)")
-    p.add_argument("--out", required=True, type=Path, help="output folder (one sub-folder per round)")
-    p.add_argument(
-        "--config",
-        help="a run config (e.g. configs/paper.yaml): its online section gives the defaults, flags override them",
-    )
-    add_flags(p, OnlineConfig)
-    add_flags(p, DPOConfig, prefix="dpo_", aliases={"max_steps": "--dpo-steps"})
-    _quiet(p)
-
 
 # -- commands ---------------------------------------------------------------------------------
 
@@ -388,7 +134,7 @@ def _eval_winrate(args) -> None:
     try:
         cfg = EvalConfig(
             speeches=args.speeches,
-            judges=[_judge_config(args, "reward_model")],
+            judges=[judge_config(args, "reward_model")],
             **sides,
             **given(args, EvalConfig, skip=("speeches",)),
         )
@@ -401,7 +147,7 @@ def _eval_judge(args) -> None:
     from .evaluate.judge_eval import run_eval_judge
 
     try:
-        cfg = JudgeEvalConfig(judge=_judge_config(args), **given(args, JudgeEvalConfig))
+        cfg = JudgeEvalConfig(judge=judge_config(args), **given(args, JudgeEvalConfig))
     except ValidationError as e:
         raise UserError(format_validation_error(e, "command line")) from None
     result = run_eval_judge(cfg, args.data, out=args.out and check_file_path(args.out), cache_path=args.cache)

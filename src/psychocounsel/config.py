@@ -51,6 +51,12 @@ class BackendConfig(_Strict):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
 
 
+# Backend settings added after psychocounsel 0.1.0 that cannot change a completion's text: left out
+# of the identities that ids are hashed from (generate.response_id, rate.judge_key), so a run made
+# before they existed keeps its ids, and so its rows and pair order.
+NOT_IN_IDENTITY = {"backend": {"max_response_bytes"}}
+
+
 def _backend(value: Any) -> Any:
     return {"spec": value} if isinstance(value, str) else value
 

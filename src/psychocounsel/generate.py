@@ -16,7 +16,7 @@ from typing import Any
 
 from .backends import ChatRequest, load_backend
 from .cleaning import trim_incomplete
-from .config import GenerateConfig, GeneratorConfig
+from .config import NOT_IN_IDENTITY, GenerateConfig, GeneratorConfig
 from .errors import UserError
 from .progress import bar
 from .records import Response, Speech
@@ -40,7 +40,7 @@ def assign(
 
 
 def response_id(speech: Speech, gen: GeneratorConfig) -> str:
-    return "r-" + stable_hash([speech.id, gen.model_dump(mode="json")], 16)
+    return "r-" + stable_hash([speech.id, gen.model_dump(mode="json", exclude=NOT_IN_IDENTITY)], 16)
 
 
 def request_for(speech: Speech, gen: GeneratorConfig) -> ChatRequest:

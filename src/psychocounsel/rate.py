@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from .config import RateConfig
+from .config import NOT_IN_IDENTITY, RateConfig
 from .errors import UserError
 from .judge import build_judge
 from .progress import bar
@@ -26,7 +26,8 @@ CHUNK = 32  # responses rated per append: bounds the work lost to a kill
 
 def judge_key(cfg: RateConfig, rubric: Rubric) -> str:
     """Identifies judge + rubric: ratings are reused only when both are unchanged."""
-    return stable_hash([cfg.judge.model_dump(mode="json"), rubric.model_dump(mode="json")], 12)
+    judge = cfg.judge.model_dump(mode="json", exclude=NOT_IN_IDENTITY)
+    return stable_hash([judge, rubric.model_dump(mode="json")], 12)
 
 
 def run(cfg: RateConfig, rundir: RunDir) -> dict[str, Any]:
