@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 RUN_DIR ?= runs/quickstart
 PIP := $(BIN)/python -m pip --disable-pip-version-check -q
 
-.PHONY: setup dev quickstart test lint clean
+.PHONY: setup dev quickstart test lint screen-weights bench-screen clean
 
 # Shared, idempotent install: reruns only when pyproject.toml changes.
 setup: $(VENV)/.setup-done
@@ -37,6 +37,15 @@ test: dev lint
 lint: dev
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
+
+# The crisis screen's head (src/psychocounsel/safety/screen_head.safetensors), rebuilt from the
+# Reddit sample in ../shared/data (about 12 minutes on 2 cores; seconds with its embedding cache),
+# and its measurement (benchmarks/results/crisis_screen.json).
+screen-weights: dev
+	OMP_NUM_THREADS=2 $(BIN)/python -m psychocounsel.safety.train --data ../shared/data/reddit-mental-health/posts.jsonl
+
+bench-screen: dev
+	OMP_NUM_THREADS=2 $(BIN)/python benchmarks/crisis_screen.py --out benchmarks/results/crisis_screen.json
 
 clean:
 	rm -rf $(VENV) runs

@@ -160,8 +160,14 @@ def full_run(root):
         {
             "config": {"pairs": {"min_gap": 1.0}},
             "stages": {
-                "ingest": {"items_in": 6, "items_out": 6, "failed": 0, "seconds": 0.01},
-                "rate": {"items_in": 18, "items_out": 17, "failed": 1, "judge": "J"},
+                "ingest": {
+                    "items_in": 6,
+                    "items_out": 6,
+                    "failed": 0,
+                    "seconds": 0.01,
+                    "screen": {"crisis": 2, "concern": 1, "crisis_ids": ["s0", "s1"]},
+                },
+                "rate": {"items_in": 18, "items_out": 17, "failed": 1, "judge": "J", "safety_capped": 3},
             },
         },
     )
@@ -171,6 +177,15 @@ def full_run(root):
     write_training(root)
     write_json(root / "eval" / "judge-a" / "winrate.json", winrate("judge-a", 0.6))
     write_json(root / "eval" / "judge-b" / "winrate.json", winrate("judge-b", 0.55))
+    crisis = {
+        "n": 2,
+        "speech_ids": ["e1", "e2"],
+        "policy_handled": 0.5,
+        "policy_failures": ["e2"],
+        "reference_handled": 0.0,
+        "reference_failures": ["e1", "e2"],
+    }
+    write_json(root / "eval" / "winrate.json", {**winrate("judge-a", 0.6), "by_judge": {}, "crisis": crisis})
     return root
 
 
@@ -187,6 +202,14 @@ def test_full_run_embeds_every_figure_as_png_and_no_client_text(tmp_path):
         assert png.startswith(PNG_MAGIC) and base64.b64decode(blob) == png
     assert "SENTINEL" not in page  # speeches, responses, pair texts and judge raw output stay out
     assert "judge-a" in page and "judge-b" in page
+    crisis = re.search(r"<h3>Crisis</h3>(.*?)</table>", page).group(1)
+    for row in (
+        "speeches flagged crisis</td><td class=n>2",
+        "with safety capped (crisis not handled)</td><td class=n>3",
+        "held-out speeches flagged (crisis or concern)</td><td class=n>2",
+        "policy replies that handled them</td><td class=n>0.500",
+    ):
+        assert row in crisis, crisis
     assert "<link" not in page and "<script" not in page  # nothing fetched: opens offline
 
 

@@ -20,6 +20,7 @@ from .config import (
     RateConfig,
     RewardEvalConfig,
     RewardModelConfig,
+    ScreenConfig,
     WinrateJudgeConfig,
 )
 from .flags import add_flags, given
@@ -63,7 +64,25 @@ def build_parser() -> argparse.ArgumentParser:
     _stage_parsers(sub)
     _training_parsers(sub)
     _eval_parsers(sub)
+    _screen_parser(sub)
     return parser
+
+
+def _screen_parser(sub) -> None:
+    p = sub.add_parser(
+        "screen",
+        help="the crisis screen on a file of texts; measured against a label column when there is one",
+        description="Screen every row of DATA (JSONL, CSV or Parquet) for the writer's own risk: level none, "
+        "concern or crisis, a score, categories and evidence offsets (never the text) per row to --out. With a "
+        "label column (crisis/no_crisis, 1/0, true/false) it reports n, n_crisis, recall, fpr, precision, f1 "
+        "and auc with bootstrap CIs (crisis counts as positive; concern as a flag), and flag rates per "
+        "source_label. Triage support for a human, not a clinical instrument.",
+    )
+    p.add_argument("--data", required=True, type=Path, help="the file of texts")
+    p.add_argument("--out", type=Path, help="write one prediction per row here (JSONL)")
+    p.add_argument("--metrics", type=Path, help="write the metrics here (JSON)")
+    add_flags(p, ScreenConfig)
+    _quiet(p)
 
 
 def _stage_parsers(sub) -> None:

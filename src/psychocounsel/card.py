@@ -16,9 +16,18 @@ CRISIS_RESOURCES = (
 )
 
 
+SCREEN_NOTE = (
+    "Speeches are screened for crisis by psychocounsel's offline screen (`psychocounsel screen`): triage "
+    "support that flags text for a human to read, not a clinical instrument. It misses some people at risk "
+    "and flags some who are not (measured numbers: the README, `benchmarks/results/crisis_screen.json`); "
+    "no model made here replaces a person's judgement of risk."
+)
+
+
 def intended_use(limits: str) -> str:
-    """The section every card (data set, reward model, policy) ends with: its limits + resources."""
-    return f"## Intended use and limits\n\n{limits.strip()} {CRISIS_RESOURCES}"
+    """The section every card (data set, reward model, policy) ends with: its limits, what the
+    crisis screen is and is not, and crisis resources."""
+    return f"## Intended use and limits\n\n{limits.strip()}\n\n{SCREEN_NOTE}\n\n{CRISIS_RESOURCES}"
 
 
 INTENDED_USE = intended_use("""
@@ -44,7 +53,22 @@ def _table(header: list[str], rows: list[list]) -> str:
     return "\n".join(lines)
 
 
-def write_card(path: Path, train: list[dict], test: list[dict], groups: dict, rubric, cfg) -> None:
+def _crisis_note(crisis: dict | None) -> str:
+    if crisis is None:
+        return "Crisis screen: not run on these speeches (RUN/screen.jsonl is absent)."
+    return (
+        f"Crisis screen: {crisis['speeches']} of the rated speeches were flagged as a crisis (ids in "
+        f"RUN/screen.jsonl); {crisis['train_pairs']} train and {crisis['test_pairs']} test pairs answer them. "
+        "A reply to a crisis speech that neither acknowledges the risk nor points to immediate help was "
+        "scored at most 2 on safety."
+    )
+
+
+def write_card(
+    path: Path, splits: tuple[list[dict], list[dict]], groups: dict, rubric, cfg, crisis: dict | None = None
+) -> None:
+    """pairs/README.md for the (train, test) ``splits``; ``crisis``: the screen's counts, if run."""
+    train, test = splits
     by_gen: dict[str, list] = defaultdict(list)
     for group in groups.values():
         for s in group:
@@ -76,6 +100,8 @@ Rated responses: {sum(len(g) for g in groups.values())} over {len(groups)} speec
 Rules: train = every two responses of a speech whose weighted scores differ by >= {cfg.min_gap};
 test = best vs worst response of each test speech ({cfg.test_fraction:.0%} of speeches, seed {cfg.seed}).
 Mean margin: {mean(margins) if margins else 0:.2f}.
+
+{_crisis_note(crisis)}
 
 ## Mean score per generator
 

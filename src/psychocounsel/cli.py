@@ -26,6 +26,7 @@ from .config import (
     RewardEvalConfig,
     RewardModelConfig,
     RunConfig,
+    ScreenConfig,
     format_validation_error,
     load_config,
     override,
@@ -154,6 +155,15 @@ def _eval_judge(args) -> None:
     print(json.dumps({k: v for k, v in result.items() if k != "failures"}))
 
 
+def _screen(args) -> None:
+    from .crisis import screen_file
+
+    cfg = override(ScreenConfig(), given(args, ScreenConfig))
+    out = check_file_path(args.out) if args.out else None
+    metrics = check_file_path(args.metrics, "--metrics") if args.metrics else None
+    print(json.dumps(screen_file(cfg, args.data, out, metrics)))
+
+
 def _report(args) -> None:
     from .report import write_report
 
@@ -172,6 +182,7 @@ COMMANDS = {
     "eval-winrate": _eval_winrate,
     "eval-judge": _eval_judge,
     "report": _report,
+    "screen": _screen,
 }
 WRITES = {"train-rm": "out", "train-dpo": "out", "train-online": "out", "eval-winrate": "out", "report": "run_dir"}
 

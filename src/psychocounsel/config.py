@@ -337,6 +337,22 @@ class RewardEvalConfig(_Strict):
     max_length: int = Field(512, ge=16, description="tokens per speech + response")
 
 
+class ScreenConfig(_Strict):
+    """psychocounsel screen: the crisis screen on a file of texts, measured when it has labels."""
+
+    text_column: str = Field("text", description="column holding the text to screen")
+    id_column: str = Field("id", description="column with ids for the predictions (default: the row number)")
+    label_column: str = Field(
+        "label",
+        description="column with labels (crisis/no_crisis, 1/0, true/false): when present, the metrics are reported",
+    )
+    source_column: str = Field(
+        "source_label", description="column naming each row's source: flag rates are reported per source"
+    )
+    batch_size: int = Field(64, ge=1, description="texts per embedding batch")
+    seed: int = Field(0, description="seed of the bootstrap CIs")
+
+
 class RunConfig(_Strict):
     ingest: IngestConfig = Field(default_factory=IngestConfig)
     generate: GenerateConfig = Field(default_factory=GenerateConfig)

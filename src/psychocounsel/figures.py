@@ -52,6 +52,7 @@ class RunData:
     online: list[dict] = field(default_factory=list)
     winrates: dict[str, dict] = field(default_factory=dict)
     judges_failed: dict[str, dict] = field(default_factory=dict)  # judges that gave no verdict at all
+    crisis_eval: dict | None = None  # eval/winrate.json's crisis: held-out crisis speeches, handled shares
     stages: dict[str, dict] = field(default_factory=dict)
 
 

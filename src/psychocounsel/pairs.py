@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .config import PairsConfig
+from .crisis import crisis_ids
 from .errors import UserError
 from .pairs_io import as_question
 from .records import Rating, Response, Speech
@@ -167,12 +168,22 @@ def run(cfg: PairsConfig, rundir: RunDir, rubric_path=None, force: bool = False)
             f"({n_ratings - failed} usable ratings); nothing written. Lower --min-gap, add generators, "
             "or --force to write empty pairs"
         )
+    at_risk = crisis_ids(rundir, screen_if_absent=False)
+    crisis = (
+        None
+        if at_risk is None
+        else {
+            "speeches": len(at_risk & set(groups)),
+            "train_pairs": sum(r["ID"] in at_risk for r in train),
+            "test_pairs": sum(r["ID"] in at_risk for r in test),
+        }
+    )
     out = rundir.pairs
     out.mkdir(parents=True, exist_ok=True)
     for name, rows in (("train", train), ("test", test)):
         write_parquet(out / f"{name}.parquet", rows, rubric.keys)
         write_jsonl(out / f"{name}.jsonl", rows)
-    write_card(out / "README.md", train, test, groups, rubric, cfg)
+    write_card(out / "README.md", (train, test), groups, rubric, cfg, crisis)
     return {
         "items_in": n_ratings,
         "items_out": len(train) + len(test),
@@ -181,4 +192,5 @@ def run(cfg: PairsConfig, rundir: RunDir, rubric_path=None, force: bool = False)
         "calls_cached": 0,
         "train_pairs": len(train),
         "test_pairs": len(test),
+        **({"crisis": crisis} if crisis else {}),
     }

@@ -29,11 +29,12 @@ def versions() -> dict[str, str]:
 
 
 def _ingest(cfg: RunConfig, rundir: RunDir, force: bool) -> dict[str, Any]:
-    from . import ingest
+    from . import crisis, ingest
 
     if cfg.ingest.input is None:
         raise UserError("no input to ingest: set ingest.input in the config or pass INPUT")
-    return ingest.run(cfg.ingest, rundir, force=force)
+    stats = ingest.run(cfg.ingest, rundir, force=force)
+    return {**stats, "screen": crisis.screen_run(rundir, rundir.read_speeches())}
 
 
 def _generate(cfg: RunConfig, rundir: RunDir, force: bool) -> dict[str, Any]:
@@ -76,6 +77,7 @@ def _eval(cfg: RunConfig, rundir: RunDir, force: bool) -> dict[str, Any]:
         "win_rate": result["win_rate"],
         "lc_win_rate": result["lc_win_rate"],
         "judge": result["judge"],
+        "crisis": {k: v for k, v in result["crisis"].items() if not k.endswith(("_ids", "_failures"))},
     }
 
 

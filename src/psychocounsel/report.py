@@ -115,6 +115,7 @@ def _load_models(root: Path, data: RunData) -> None:
     for path in sorted((root / "eval").glob("**/winrate.json")):
         w = _json(path)
         if isinstance(w, dict) and "by_judge" in w:
+            data.crisis_eval = w.get("crisis")
             continue  # eval-winrate's summary: the first judge again, whose own folder is read too
         folder = path.parent.relative_to(root / "eval").as_posix()
         name = folder if folder != "." else str(w.get("judge") or "judge")
@@ -173,6 +174,27 @@ def _na(what: str) -> str:
     return f'<p class="na">not available: {html.escape(what)}</p>'
 
 
+def _crisis(data: RunData) -> str:
+    """Counts only: the screen's flags on the run's speeches, capped safety ratings, and how each
+    side of the evaluation answered the held-out speeches the screen flags."""
+    screen = data.stages.get("ingest", {}).get("screen")
+    rows = []
+    if screen:
+        rows += [["speeches flagged crisis", screen.get("crisis")], ["speeches flagged concern", screen.get("concern")]]
+    if "safety_capped" in data.stages.get("rate", {}):
+        rows.append(["ratings with safety capped (crisis not handled)", data.stages["rate"]["safety_capped"]])
+    e = data.crisis_eval
+    if e:
+        rows.append(["held-out speeches flagged (crisis or concern)", e.get("n")])
+        rows += [
+            [f"{side} replies that handled them", _fmt(e.get(f"{side}_handled"))] for side in ("policy", "reference")
+        ]
+    table = (
+        _table(["crisis", "count"], rows) if rows else _na("the crisis screen's counts (run.json, eval/winrate.json)")
+    )
+    return f"<div><h3>Crisis</h3>{table}</div>"
+
+
 def _headline(data: RunData) -> str:
     c = data.counts
     counts = _table(
@@ -194,7 +216,7 @@ def _headline(data: RunData) -> str:
         if m
         else _na("reward_model/metrics.json")
     )
-    parts = [f"<div><h3>Data</h3>{counts}</div>", f"<div><h3>Reward model</h3>{reward}</div>"]
+    parts = [f"<div><h3>Data</h3>{counts}</div>", f"<div><h3>Reward model</h3>{reward}</div>", _crisis(data)]
     if data.winrates:
         rows = [
             [

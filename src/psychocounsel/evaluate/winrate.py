@@ -12,6 +12,9 @@
    ``avg_len_policy``/``avg_len_reference`` (characters, as AlpacaEval counts) and ``judge``;
    a reward-model judge adds the mean rewards, a rater judge the mean weighted scores. ``OUT/winrate.json`` is the first judge's,
    with every judge's headline under ``by_judge``.
+4. ``crisis`` in ``OUT/winrate.json``: the speeches the crisis screen flags as a crisis, and per
+   side the share of its answers that acknowledged the risk and pointed to immediate help
+   (``policy_handled``, ``reference_handled``), with the ids of those that did not (crisis.py).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import BackendConfig, EvalConfig
+from ..crisis import eval_section
 from ..errors import UserError
 from ..records import Speech
 from ..store import Cache, stable_hash, write_json, write_jsonl
@@ -291,6 +295,7 @@ def run(cfg: EvalConfig, out: Path, run_dir: Path | None = None, rubric_path: Pa
         "by_judge": {
             k: {h: v[h] for h in HEADLINE + ("judge", "failed", "error") if h in v} for k, v in results.items()
         },
+        "crisis": eval_section(speeches, text),
     }
     write_json(out / "winrate.json", summary)
     return {**summary, "calls_made": made, "calls_cached": cached, "n_speeches": len(speeches)}
