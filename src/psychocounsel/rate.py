@@ -27,10 +27,11 @@ log = logging.getLogger(__name__)
 CHUNK = 32  # responses rated per append: bounds the work lost to a kill
 
 
-def judge_key(cfg: RateConfig, rubric: Rubric) -> str:
-    """Identifies judge + rubric: ratings are reused only when both are unchanged."""
+def judge_key(cfg: RateConfig, rubric: Rubric, at_risk: set[str]) -> str:
+    """Identifies judge + rubric + the speeches the crisis screen flags (their replies' safety is
+    capped): ratings are reused only while all three are unchanged."""
     judge = cfg.judge.model_dump(mode="json", exclude=NOT_IN_IDENTITY)
-    return stable_hash([judge, rubric.model_dump(mode="json"), RULE_VERSION], 12)
+    return stable_hash([judge, rubric.model_dump(mode="json"), RULE_VERSION, sorted(at_risk)], 12)
 
 
 def run(cfg: RateConfig, rundir: RunDir) -> dict[str, Any]:
@@ -39,12 +40,13 @@ def run(cfg: RateConfig, rundir: RunDir) -> dict[str, Any]:
     responses = [r for r in rundir.read_responses() if r.speech_id in speeches]
     if not responses:
         raise UserError(f"no responses in {rundir.responses}; run 'psychocounsel generate' first")
-    key = judge_key(cfg, rubric)
+    at_risk = crisis_ids(rundir)
+    key = judge_key(cfg, rubric, at_risk)
     done = {r.response_id for r in rundir.read_ratings(key)}
     todo = [(speeches[r.speech_id], r) for r in responses if r.id not in done]
     calls_made = calls_cached = 0
     if todo:
-        at_risk, by_id = crisis_ids(rundir), {r.id: r for r in responses}
+        by_id = {r.id: r for r in responses}
         cache = Cache(rundir.cache_path)
         judge = build_judge(cfg.judge, rubric, cache)
         progress = bar(len(todo), f"rate ({judge.name})")
