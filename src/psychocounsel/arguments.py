@@ -34,7 +34,8 @@ DESCRIPTION = (
 EPILOG = """\
 stages: ingest -> generate -> rate -> pairs [-> reward_model -> dpo -> online -> eval] -> report.
 Each reads and writes the run directory (--run-dir); `run` chains them. Rerunning resumes and
-skips finished work. train-*, eval-* and report also run on their own.
+skips finished work. train-*, eval-* and report also run on their own; screen runs the crisis
+screen on any file of texts.
 Example: psychocounsel run configs/quickstart.yaml --run-dir runs/quickstart"""
 
 
