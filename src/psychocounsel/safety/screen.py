@@ -4,10 +4,10 @@
    speaker's (someone else at risk, support for someone, idioms, quotes and lyrics, jokes).
 2. The learned score (``head.ScreenModel``) reads the blanked text, in windows, and keeps the
    riskiest window.
-3. ``assess`` combines them: each rule level adds risk by a noisy-or,
-   ``score = 1 - (1 - p) * (1 - r)``, with ``r`` at least the crisis threshold for a crisis
-   rule and the concern threshold for a concern rule. The level then follows from the score
-   alone, so score and level never disagree.
+3. ``assess`` combines them (``policy.Policy.score``): the speaker's own crisis rule makes a
+   crisis (a noisy-or with the learned probability), an own concern rule multiplies the learned
+   odds by 4 and makes at least a concern, someone else at risk makes at least a concern. The
+   level then follows from the score alone, so score and level never disagree.
 """
 
 from __future__ import annotations
