@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +15,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("PSYCHOCOUNSEL_PROGRESS", "0")
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+SRC = str(Path(__file__).resolve().parents[1] / "src")
 
 WORDS = (
     "i feel sad anxious tired alone scared angry lost hopeless my job mother father partner friend "
@@ -81,3 +84,14 @@ def write_speeches(path: Path, n: int) -> Path:
         rows.append({"text": f"Speech {i}: {words}. I do not know what to do about it any more.", "topic": "test"})
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     return path
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    """``python -m psychocounsel ARGS`` in a fresh process, as a user runs it (stderr captured)."""
+    return subprocess.run(
+        [sys.executable, "-m", "psychocounsel", *args],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=SRC),
+        timeout=300,
+    )

@@ -8,19 +8,15 @@ A finished run (ingest -> generate -> rate -> pairs against a scripted OpenAI-co
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-from conftest import write_speeches
+from conftest import SRC, run_cli, write_speeches
 from openai_server import FakeOpenAI, Reply
 
-SRC = str(Path(__file__).resolve().parents[1] / "src")
 KEYS = ("empathy", "relevance", "clarity", "safety", "exploration", "autonomy", "staging")
 
 
@@ -66,20 +62,10 @@ def _config(tmp: Path, server: FakeOpenAI, **changes) -> Path:
     return path
 
 
-def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "psychocounsel", *args],
-        capture_output=True,
-        text=True,
-        env=dict(os.environ, PYTHONPATH=SRC),
-        timeout=300,
-    )
-
-
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory, server) -> Path:
     tmp = tmp_path_factory.mktemp("finished")
-    res = cli("run", str(_config(tmp, server)), "--run-dir", str(tmp / "run"), "-q", "--until", "pairs")
+    res = run_cli("run", str(_config(tmp, server)), "--run-dir", str(tmp / "run"), "-q", "--until", "pairs")
     assert res.returncode == 0, res.stderr
     assert (tmp / "run" / "pairs" / "train.jsonl").read_text().strip()
     return tmp / "run"
@@ -285,7 +271,7 @@ def test_bad_input_is_one_line_exit_2_and_changes_nothing(name, finished_run, tm
     try:
         argv, needles = CASES[name](run, tmp_path, server)
         before = snapshot(run)
-        res = cli(*argv)
+        res = run_cli(*argv)
     finally:
         server.handler = _reply
     lines = [x for x in res.stderr.splitlines() if x.strip()]
@@ -303,7 +289,7 @@ def test_bad_input_is_one_line_exit_2_and_changes_nothing(name, finished_run, tm
 def test_force_lets_pairs_write_none(finished_run, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(finished_run, run)
-    res = cli("pairs", "--run-dir", str(run), "--min-gap", "4.5", "--force", "-q")
+    res = run_cli("pairs", "--run-dir", str(run), "--min-gap", "4.5", "--force", "-q")
     assert res.returncode == 0, res.stderr
     assert (run / "pairs" / "train.jsonl").read_text() == ""
 

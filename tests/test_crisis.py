@@ -4,9 +4,6 @@ winrate.json's crisis section, and the `screen` command (bad input, no text in a
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,7 +13,7 @@ from psychocounsel.config import RateConfig
 from psychocounsel.records import Response, Speech
 from psychocounsel.store import RunDir, append_jsonl
 
-SRC = str(Path(__file__).resolve().parents[1] / "src")
+from conftest import run_cli
 
 AT_RISK = (
     "I can't do this anymore. I have the pills saved up in my drawer and I plan to take all of them tonight "
@@ -32,16 +29,6 @@ HANDLES = (
     "(the Suicide & Crisis Lifeline) now, or your local emergency number, and ask someone to stay with you. "
     "Could you put the pills somewhere out of reach while we talk?"
 )
-
-
-def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "psychocounsel", *args],
-        capture_output=True,
-        text=True,
-        env=dict(os.environ, PYTHONPATH=SRC),
-        timeout=300,
-    )
 
 
 def _run(root: Path) -> RunDir:
@@ -99,7 +86,9 @@ def test_screen_command_reports_metrics_without_text(tmp_path):
         {"id": "c", "text": "This deadline is killing me, lol. Anyway, lunch?", "label": 0, "source_label": "work"},
     ]
     data = _write(tmp_path / "posts.jsonl", rows)
-    res = cli("screen", "--data", str(data), "--out", str(tmp_path / "p.jsonl"), "--metrics", str(tmp_path / "m.json"))
+    res = run_cli(
+        "screen", "--data", str(data), "--out", str(tmp_path / "p.jsonl"), "--metrics", str(tmp_path / "m.json")
+    )
     assert res.returncode == 0, res.stderr
     metrics = json.loads(res.stdout)
     assert {"n", "n_crisis", "recall", "fpr", "precision", "f1", "auc"} <= set(metrics)
@@ -122,7 +111,7 @@ def test_screen_command_reports_metrics_without_text(tmp_path):
 )
 def test_screen_command_bad_input(tmp_path, content, needle):
     data = _write(tmp_path / "posts.jsonl", content)
-    res = cli("screen", "--data", str(data), "--out", str(tmp_path / "p.jsonl"))
+    res = run_cli("screen", "--data", str(data), "--out", str(tmp_path / "p.jsonl"))
     lines = [x for x in res.stderr.splitlines() if x.strip()]
     assert res.returncode == 2 and len(lines) == 1 and needle in lines[0], res.stderr
     assert not (tmp_path / "p.jsonl").exists()
