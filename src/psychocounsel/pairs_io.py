@@ -16,6 +16,7 @@ from typing import Any
 
 from .errors import UserError
 from .records import Speech
+from .store import json_row
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
@@ -30,13 +31,7 @@ def read_jsonl_file(path: Path) -> list[dict]:
     with open(path, encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
             if line.strip():
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise UserError(f"{path}:{n}: not valid JSON ({e.msg})") from None
-                if not isinstance(row, dict):
-                    raise UserError(f"{path}:{n}: a row must be a JSON object, got {type(row).__name__}")
-                rows.append(row)
+                rows.append(json_row(line, f"{path}:{n}"))
     return rows
 
 

@@ -42,7 +42,8 @@ def run(cfg: RateConfig, rundir: RunDir) -> dict[str, Any]:
         raise UserError(f"no responses in {rundir.responses}; run 'psychocounsel generate' first")
     at_risk = crisis_ids(rundir)
     key = judge_key(cfg, rubric, at_risk)
-    done = {r.response_id for r in rundir.read_ratings(key)}
+    rated = rundir.read_ratings(key)
+    done = {r.response_id for r in rated}
     todo = [(speeches[r.speech_id], r) for r in responses if r.id not in done]
     calls_made = calls_cached = 0
     if todo:
@@ -50,7 +51,7 @@ def run(cfg: RateConfig, rundir: RunDir) -> dict[str, Any]:
         cache = Cache(rundir.cache_path)
         judge = build_judge(cfg.judge, rubric, cache)
         progress = bar(len(todo), f"rate ({judge.name})")
-        any_ok = any(not r.failed for r in rundir.read_ratings(key))
+        any_ok = any(not r.failed for r in rated)
         try:
             for start in range(0, len(todo), CHUNK):
                 ratings = judge.rate(todo[start : start + CHUNK], progress=progress.update)

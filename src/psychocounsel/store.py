@@ -53,6 +53,20 @@ def _complete_lines(path: Path) -> tuple[list[str], int]:
     return text.splitlines(), end
 
 
+DAMAGED = "the file is damaged: restore it, or delete it and rerun the stage that writes it"
+
+
+def json_row(line: str, where: str, advice: str = "") -> dict[str, Any]:
+    """One JSONL line as a JSON object; anything else is a UserError naming ``where`` (file:line)."""
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise UserError(f"{where}: not valid JSON ({e.msg})" + (f"; {advice}" if advice else "")) from None
+    if not isinstance(row, dict):
+        raise UserError(f"{where}: a row must be a JSON object, got {type(row).__name__}")
+    return row
+
+
 def read_jsonl(path: str | Path, key: Callable[[dict], Any] | None = None) -> list[dict[str, Any]]:
     """All complete records of a JSONL file written by this module (a torn last line is ignored).
 
@@ -69,15 +83,7 @@ def read_jsonl(path: str | Path, key: Callable[[dict], Any] | None = None) -> li
     for n, line in enumerate(lines, 1):
         if not line.strip():
             continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise UserError(
-                f"{path}:{n}: not valid JSON ({e.msg}); the file is damaged: restore it, or delete "
-                "it and rerun the stage that writes it"
-            ) from None
-        if not isinstance(row, dict):
-            raise UserError(f"{path}:{n}: a row must be a JSON object, got {type(row).__name__}")
+        row = json_row(line, f"{path}:{n}", DAMAGED)
         if key is not None:
             try:
                 k = key(row)
