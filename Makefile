@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 RUN_DIR ?= runs/quickstart
 PIP := $(BIN)/python -m pip --disable-pip-version-check -q
 
-.PHONY: setup dev quickstart test lint screen-weights bench-screen clean
+.PHONY: setup dev quickstart test lint screen-weights judge-weights bench-screen bench-judges clean
 
 # Shared, idempotent install: reruns only when pyproject.toml changes.
 setup: $(VENV)/.setup-done
@@ -43,6 +43,15 @@ lint: dev
 # and its measurement (benchmarks/results/crisis_screen.json).
 screen-weights: dev
 	OMP_NUM_THREADS=2 $(BIN)/python -m psychocounsel.safety.train --data ../shared/data/reddit-mental-health/posts.jsonl
+
+# The default rater's heads (src/psychocounsel/judge/rater_head.safetensors), from ../shared/data:
+# about 13 minutes on 2 cores, seeded; the dev/test report goes to benchmarks/results/.
+judge-weights: dev
+	OMP_NUM_THREADS=2 $(BIN)/psychocounsel train-judge --data ../shared/data --report benchmarks/results/rater_train.json
+
+# Offline judges against human labels on the rater's held-out speeches, with the length columns.
+bench-judges: dev
+	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/judge_agreement.py --judges similarity,rater,minilm
 
 bench-screen: dev
 	OMP_NUM_THREADS=2 $(BIN)/python benchmarks/crisis_screen.py --out benchmarks/results/crisis_screen.json

@@ -22,13 +22,19 @@ from judge_agreement import DATA, load_counselchat
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, required=True, help="JSONL file to write")
-    ap.add_argument("--n", type=int, default=None, help="at most this many pairs (default: all 2,523)")
+    ap.add_argument("--n", type=int, default=None, help="at most this many pairs (default: all of the split)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--split",
+        choices=["test", "dev", "all"],
+        default="test",
+        help="questions of the default rater's split (default test: held out from its training)",
+    )
     args = ap.parse_args()
     if not (DATA / "counsel-chat").is_dir():
         print(f"needs the CounselChat CSV in {DATA}", file=sys.stderr)
         return 2
-    items, pairs = load_counselchat(args.n, args.seed)
+    items, pairs = load_counselchat(args.n, args.seed, args.split)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with open(args.out, "w", encoding="utf-8") as f:
         for i, (a, b) in enumerate(pairs):

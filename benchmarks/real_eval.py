@@ -3,8 +3,9 @@
 1. eval-winrate of RUN/policy against its base on the MentalChat16K evaluation questions
    (../shared/data/mentalchat16k-eval) of at most 1,000 characters (the paper's speech filter;
    the longest of the 200 runs to 19,822 characters, which a 135M model on a CPU cannot batch),
-   judged by RUN/reward_model and by the MiniLM rater.
-2. eval-judge of the same two judges on 600 CounselChat upvote pairs (counselchat_pairs.py).
+   judged by RUN/reward_model, by the default rater and by the older MiniLM rater.
+2. eval-judge of the same three judges on the CounselChat upvote pairs of the questions the
+   default rater was not trained on (its test split; counselchat_pairs.py, at most 600 pairs).
 
     python benchmarks/real_eval.py --run runs/quickstart      # ~10 minutes on 2 cores
 
@@ -24,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
 MAX_CHARS = 1000
-N_PAIRS = 600  # of CounselChat's 2,523 upvote pairs, seeded: the MiniLM rater takes ~4 min for them
+N_PAIRS = 600  # at most; the rater's test split of CounselChat has 529 upvote pairs
 HEADLINE = (
     "n",
     "wins",
@@ -72,7 +73,7 @@ def main() -> int:
         "run": args.run.name,
         "speeches": f"mentalchat16k-eval: {len(kept)} of {len(rows)} questions (<= {MAX_CHARS} chars)",
     }
-    for judge in (f"rm:{args.run / 'reward_model'}", "minilm"):
+    for judge in (f"rm:{args.run / 'reward_model'}", "rater", "minilm"):
         name = "reward_model" if judge.startswith("rm:") else judge
         start = time.perf_counter()
         cli(
@@ -103,7 +104,7 @@ def main() -> int:
         [sys.executable, str(ROOT / "benchmarks" / "counselchat_pairs.py"), "--out", str(pairs), "--n", str(N_PAIRS)],
         check=True,
     )
-    for judge in (f"rm:{args.run / 'reward_model'}", "minilm"):
+    for judge in (f"rm:{args.run / 'reward_model'}", "rater", "minilm"):
         name = "reward_model" if judge.startswith("rm:") else judge
         out = args.work / f"judge_{name}.json"
         start = time.perf_counter()

@@ -141,6 +141,24 @@ def _(run, tmp, server):
     return ["pairs", "--run-dir", str(run), "--min-gap", "4.5"], ["no train pair"]
 
 
+@case("pairs --length-balance 0.3")
+def _(run, tmp, server):
+    return ["pairs", "--run-dir", str(run), "--length-balance", "0.3"], ["length_balance", "greater than 0.5"]
+
+
+@case("run with pairs.length_balance 1.5")
+def _(run, tmp, server):
+    cfg = _config(tmp, server, pairs={"test_fraction": 0.0, "min_gap": 0.4, "length_balance": 1.5})
+    return ["run", str(cfg), "--run-dir", str(run)], ["pairs.length_balance", "less than or equal to 1"]
+
+
+@case("pairs --length-balance that would drop every train pair")
+def _(run, tmp, server):
+    # The warm replies are longer and score higher: every train pair's chosen reply is the longer one.
+    flags = ["--min-gap", "0.4", "--length-balance", "0.9"]  # 0.4: the finished run's gap (empathy 5 vs 2)
+    return ["pairs", "--run-dir", str(run), *flags], ["would drop every train pair"]
+
+
 @case("train-dpo --epochs 0")
 def _(run, tmp, server):
     return ["train-dpo", "--pairs", str(run), "--epochs", "0", "--out", str(run / "policy")], ["epochs"]

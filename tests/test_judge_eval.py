@@ -1,5 +1,6 @@
 """Tests of judge_eval: loading human-labelled pairs and the agreement report, with test-double
-judges (an always-"A" judge, a perfect one, a failing one). Every text here is written by us."""
+judges (an always-"A" judge, a perfect one, a failing one, one that picks the longer reply).
+Every text here is written by us."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from psychocounsel.errors import UserError
-from psychocounsel.evaluate.judge_eval import assign_positions, evaluate_judge, load_labelled_pairs
+from psychocounsel.evaluate.judge_eval import assign_positions, evaluate_judge, length_warning, load_labelled_pairs
 from psychocounsel.judge.pairwise import Verdict
 
 N = 20
@@ -72,6 +73,35 @@ class FailsOn(Perfect):
             else v
             for it, v in zip(items, verdicts)
         ]
+
+
+class Longer:
+    """Picks the longer reply in characters; equal length is a tie."""
+
+    name = "longer"
+
+    def compare(self, items):
+        return [Verdict("A" if len(it.a) > len(it.b) else "B" if len(it.b) > len(it.a) else "tie") for it in items]
+
+
+def sized(label, good, bad, i):
+    """A form (b) row whose GOOD reply (preferred, in position ``label``) has ``good`` characters
+    and whose BAD reply has ``bad``."""
+    good_text, bad_text = "GOOD" + "." * (good - 4), "BAD" + "." * (bad - 3)
+    a, b = (good_text, bad_text) if label == "A" else (bad_text, good_text)
+    return {"prompt": f"q{i}", "response_a": a, "response_b": b, "label": label}
+
+
+# The preferred reply is longer by 10 (rows 1-2), shorter by 10 (rows 3-4), of equal length (5-6):
+# chars(A) - chars(B) takes three values only, one per verdict of the longer-wins rule.
+BY_LENGTH = [
+    sized("A", 30, 20, 1),
+    sized("B", 30, 20, 2),
+    sized("A", 20, 30, 3),
+    sized("B", 20, 30, 4),
+    sized("A", 25, 25, 5),
+    sized("B", 25, 25, 6),
+]
 
 
 @pytest.mark.parametrize("suffix", [".jsonl", ".csv", ".parquet"])
@@ -151,6 +181,38 @@ def test_failed_pairs_are_listed_and_left_out(tmp_path):
     assert everything["n"] == 0 and everything["failed"] == N and everything["accuracy"] is None
 
 
+def test_a_judge_that_picks_the_longer_reply_is_the_longer_wins_baseline(tmp_path):
+    rows = load_labelled_pairs(write(tmp_path / "len.jsonl", BY_LENGTH))
+    report = evaluate_judge(Longer(), rows)
+    # right on rows 1-2, wrong on 3-4, a tie (half) on 5-6: 3 of 6, exactly the baseline
+    assert report["accuracy"] == report["longer_wins"] == 0.5
+    assert report["beats_longer_wins"] is False
+    assert report["length_spearman"] == pytest.approx(1.0)
+    assert report["length_robust"]["n"] == 4  # rows 3-6: the preferred reply is not longer
+    assert report["length_robust"]["accuracy"] == 0.25  # wrong on 3-4, ties on 5-6
+    assert length_warning(report) == 'warning: judge longer does not beat "longer wins" (0.50 vs 0.50) on these pairs'
+
+
+def test_a_judge_that_follows_the_humans_is_length_robust(tmp_path):
+    rows = load_labelled_pairs(write(tmp_path / "len.jsonl", BY_LENGTH))
+    report = evaluate_judge(Perfect(), rows)
+    assert report["accuracy"] == 1.0 and report["longer_wins"] == 0.5 and report["beats_longer_wins"] is True
+    assert report["length_robust"] == {"n": 4, "accuracy": 1.0, "accuracy_ci": [1.0, 1.0]}
+    assert report["length_spearman"] == pytest.approx(0.0)  # verdicts +1 -1 +1 -1 +1 -1, diffs 10 -10 -10 10 0 0
+    assert length_warning(report) is None
+
+
+def test_length_robust_leaves_out_human_ties_and_longer_preferred_replies(tmp_path):
+    rows = load_labelled_pairs(write(tmp_path / "b.jsonl", FORM_B))
+    report = evaluate_judge(Perfect(), rows)
+    # rows 1-2 prefer the longer reply ("GOOD one" 8 chars vs "BAD one" 7); rows 3-4 are human ties
+    assert report["length_robust"] == {"n": 0, "accuracy": None, "accuracy_ci": None}
+    # human ties: a tie is a label, so the baseline's equal-length tie gets no half credit
+    assert report["longer_wins"] == 0.5 and report["beats_longer_wins"] is True
+    always_a = evaluate_judge(AlwaysA(), rows)
+    assert always_a["length_spearman"] is None  # a constant verdict (all ties) has no rank correlation
+
+
 @pytest.mark.parametrize(
     "rows, message",
     [
@@ -198,9 +260,10 @@ def test_conversational_prompts_become_speeches_with_context(tmp_path):
     assert speech.text == "I feel low" and speech.context_lines() == ["Client: hi", "Counselor: hello"]
 
 
-def test_eval_judge_command_against_an_openai_compatible_server(tmp_path, monkeypatch):
+def test_eval_judge_command_against_an_openai_compatible_server(tmp_path, monkeypatch, capsys):
     """The whole command: a judge served over HTTP on 127.0.0.1 that prefers the GOOD reply
-    wherever it stands; its verdicts are cached, so a rerun makes no calls."""
+    wherever it stands; its verdicts are cached, so a rerun makes no calls. Every GOOD reply of
+    FORM_A is also the longer one, so even this judge does not beat "longer wins", and says so."""
     from psychocounsel.cli import main
     from psychocounsel.rubric import PAPER_KEYS
 
@@ -236,6 +299,10 @@ def test_eval_judge_command_against_an_openai_compatible_server(tmp_path, monkey
             1.0,
             1.0,
         )
+        assert report["longer_wins"] == 1.0 and report["beats_longer_wins"] is False
+        out, err = capsys.readouterr()
+        assert json.loads(out)["beats_longer_wins"] is False  # stdout stays one JSON line
+        assert err == f'warning: judge {report["judge"]} does not beat "longer wins" (1.00 vs 1.00) on these pairs\n'
         calls = len(server.requests)
         assert calls == 12  # 6 pairs x 2 orders
         assert main(args) == 0 and len(server.requests) == calls

@@ -16,7 +16,16 @@ from hypothesis import strategies as st
 from psychocounsel import cli, pairs
 from psychocounsel.config import PairsConfig
 from psychocounsel.errors import UserError
-from psychocounsel.pairs import Scored, as_question, best_worst_pair, rating_int, split_speeches, train_pairs
+from psychocounsel.pairs import (
+    Scored,
+    as_question,
+    balance_length,
+    best_worst_pair,
+    chosen_longer,
+    rating_int,
+    split_speeches,
+    train_pairs,
+)
 from psychocounsel.records import Rating, Response, Speech
 from psychocounsel.rubric import DEFAULT_RUBRIC, PAPER_KEYS
 from psychocounsel.store import RunDir, append_jsonl, read_jsonl, write_json
@@ -503,3 +512,170 @@ def test_card_escapes_generator_names(tmp_path):
     line = next(x for x in card.splitlines() if x.startswith("| a"))
     assert line.startswith("| a\\|b &lt;script&gt; | 1 |") and "<script>" not in card
     assert line.count(" | ") == len(PAPER_KEYS) + 2  # name, responses, score, one cell per principle
+
+
+# -- length: how often the chosen reply is the longer one, and length_balance -----------------
+
+# A reply's text is "Reply <generator> to <speech>.", so a longer generator name is a longer reply.
+# Every speech's best pair has the longer reply chosen; t1 and t4 also have a valid pair (gap >= 1)
+# whose chosen reply is the shorter one. Train: 13 pairs, the chosen reply longer in 11.
+LENGTHY = {
+    "t0": {"aaaaaaaa": 5.0, "bbbb": 3.0, "c": 1.0},  # 3 pairs, all chosen-longer
+    "t1": {"aaaaaaaa": 5.0, "b": 4.0, "cccc": 2.0},  # b > cccc: chosen shorter
+    "t2": {"aaaaaaaa": 5.0, "b": 3.0},  # its one pair: chosen-longer
+    "t3": {"aaaaaaaa": 4.0, "bbbb": 2.0, "cc": 1.0},  # 3 pairs, all chosen-longer
+    "t4": {"aaaaaaaa": 5.0, "bb": 4.0, "ccccc": 1.0},  # bb > ccccc: chosen shorter
+}
+
+
+def longer(row: dict) -> bool:
+    return len(row["chosen"]) > len(row["rejected"])
+
+
+def keys(rows: list[dict]) -> set[tuple[str, str]]:
+    return {response_ids(r) for r in rows}
+
+
+@pytest.fixture
+def unbalanced(tmp_path):
+    rundir = write_run(tmp_path / "run", scores=LENGTHY)
+    stats = pairs.run(PairsConfig(test_fraction=0.0), rundir)
+    return rundir, stats, read_jsonl(rundir.pairs / "train.jsonl")
+
+
+def test_card_and_stats_report_how_often_the_chosen_reply_is_longer(unbalanced):
+    rundir, stats, train = unbalanced
+    assert (len(train), sum(map(longer, train))) == (13, 11)
+    assert stats["chosen_longer"] == {
+        "train": {"n": 11, "pairs": 13, "share": round(11 / 13, 4)},
+        "test": {"n": 0, "pairs": 0, "share": None},
+    }
+    assert "length_balance" not in stats
+    card = (rundir.pairs / "README.md").read_text(encoding="utf-8")
+    assert "| train | 13 | 11 | 85% |" in card and "| test | 0 | 0 | - |" in card
+    assert "learns length when the chosen reply is nearly always" in card
+    assert "`length_balance` is off" in card
+
+
+def test_length_balance_drops_only_chosen_longer_pairs_and_keeps_every_speech(unbalanced, tmp_path, caplog):
+    _, _, before = unbalanced
+    rundir = write_run(tmp_path / "balanced", scores=LENGTHY)
+    with caplog.at_level("INFO", logger="psychocounsel.pairs"):
+        stats = pairs.run(PairsConfig(test_fraction=0.0, length_balance=0.6), rundir)
+    train = read_jsonl(rundir.pairs / "train.jsonl")
+    # (11 - d) / (13 - d) <= 0.6 first holds at d = 8: 3 of 5, exactly the cap.
+    assert (len(train), sum(map(longer, train))) == (5, 3)
+    assert stats["train_pairs"] == 5 and stats["chosen_longer"]["train"] == {"n": 3, "pairs": 5, "share": 0.6}
+    assert stats["length_balance"] == {"share": 0.6, "before": {"n": 11, "pairs": 13, "share": 0.8462}, "dropped": 8}
+    # Both chosen-shorter pairs stay (t1's and t4's alternative to their best pair), every row is an
+    # unchanged row of the unbalanced run, in the same order, and no speech lost all its pairs.
+    shorter = [r for r in before if not longer(r)]
+    assert len(shorter) == 2 and all(r in train for r in shorter)
+    assert train == [r for r in before if r in train]
+    assert {r["ID"] for r in train} == set(LENGTHY)
+    assert keys(train) >= {(rid("t1", "b"), rid("t1", "cccc")), (rid("t4", "bb"), rid("t4", "ccccc"))}
+    card = (rundir.pairs / "README.md").read_text(encoding="utf-8")
+    assert "| train | 5 | 3 | 60% |" in card
+    assert "longer one in 11 of 13 train pairs (85%); 8 of those were dropped" in card
+    [message] = [r.getMessage() for r in caplog.records if "length balance 0.6" in r.getMessage()]
+    assert message.endswith("chosen longer in 11 of 13 train pairs, 3 of 5 after dropping 8")
+
+
+def test_length_balance_drops_a_speech_last_pair_only_when_it_must(tmp_path):
+    rundir = write_run(tmp_path / "run", scores=LENGTHY)
+    stats = pairs.run(PairsConfig(test_fraction=0.0, length_balance=0.55), rundir)
+    train = read_jsonl(rundir.pairs / "train.jsonl")
+    # d = 9: the 8 pairs whose speech keeps another, then one of t0, t2, t3's last pair.
+    assert stats["length_balance"]["dropped"] == 9
+    assert (len(train), sum(map(longer, train))) == (4, 2)
+    assert {"t1", "t4"} <= {r["ID"] for r in train} and len({r["ID"] for r in train}) == 4
+
+
+def test_length_balance_at_or_above_the_share_changes_nothing(unbalanced, tmp_path):
+    rundir, _, _ = unbalanced
+    for cap in (1.0, 0.9):  # 11 of 13 is 0.846: already within both
+        other = write_run(tmp_path / f"cap-{cap}", scores=LENGTHY)
+        stats = pairs.run(PairsConfig(test_fraction=0.0, length_balance=cap), other)
+        assert stats["length_balance"]["dropped"] == 0
+        for name in ("train.jsonl", "test.jsonl", "train.parquet", "test.parquet"):
+            assert (other.pairs / name).read_bytes() == (rundir.pairs / name).read_bytes()
+
+
+def test_length_balance_never_touches_the_test_split(tmp_path):
+    scores = LENGTHY | {f"u{i}": {"aaaaaaaa": 5.0, "b": 1.0} for i in range(4)}
+    plain, capped = write_run(tmp_path / "plain", scores=scores), write_run(tmp_path / "capped", scores=scores)
+    a = pairs.run(PairsConfig(test_fraction=0.4, seed=1), plain)
+    b = pairs.run(PairsConfig(test_fraction=0.4, seed=1, length_balance=0.6), capped)
+    assert a["test_pairs"] > 0 and b["length_balance"]["dropped"] > 0
+    assert (capped.pairs / "test.jsonl").read_bytes() == (plain.pairs / "test.jsonl").read_bytes()
+    assert a["chosen_longer"]["test"] == b["chosen_longer"]["test"]
+    assert b["chosen_longer"]["train"]["share"] <= 0.6
+
+
+def test_length_balance_that_would_drop_every_pair_is_a_user_error(tmp_path):
+    rundir = write_run(tmp_path / "run", scores={"t2": LENGTHY["t2"], "t3": LENGTHY["t3"]})
+    cfg = PairsConfig(test_fraction=0.0, length_balance=0.9)
+    with pytest.raises(UserError, match="--length-balance 0.9 would drop every train pair") as err:
+        pairs.run(cfg, rundir)
+    assert "\n" not in str(err.value)
+    assert not rundir.pairs.exists()  # nothing written
+    stats = pairs.run(cfg, rundir, force=True)
+    assert stats["train_pairs"] == 0 and stats["length_balance"]["dropped"] == 4
+    assert (rundir.pairs / "train.jsonl").read_text() == ""
+
+
+def test_length_balance_none_leaves_the_run_as_it_was(tmp_path):
+    """length_balance off: the same bytes as a config that never heard of it (the pre-existing default)."""
+    a, b = write_run(tmp_path / "a"), write_run(tmp_path / "b")
+    pairs.run(PairsConfig(min_gap=1.0, test_fraction=0.5, seed=7), a)
+    pairs.run(PairsConfig(min_gap=1.0, test_fraction=0.5, seed=7, length_balance=None), b)
+    for name in ("train.jsonl", "test.jsonl", "train.parquet", "test.parquet"):
+        assert (a.pairs / name).read_bytes() == (b.pairs / name).read_bytes()
+    assert PairsConfig().length_balance is None
+
+
+def test_chosen_longer_counts_ties_as_not_longer():
+    rows = [{"chosen": "ab", "rejected": "cd"}, {"chosen": "abc", "rejected": "d"}]
+    assert chosen_longer(rows) == {"n": 1, "pairs": 2, "share": 0.5}
+    assert chosen_longer([]) == {"n": 0, "pairs": 0, "share": None}
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(0, 5), st.booleans()), max_size=40),
+    st.floats(0.5, 1.0, exclude_min=True),
+    st.integers(0, 3),
+)
+def test_balance_length_properties(spec, share, seed):
+    rows = [
+        {"ID": f"s{sid}", "prefID": f"p{i}", "chosen": "long" if is_longer else "s", "rejected": "mid"}
+        for i, (sid, is_longer) in enumerate(spec)
+    ]
+    kept, dropped = balance_length(rows, share, seed)
+    assert (kept, dropped) == balance_length(rows, share, seed)
+    assert sorted(kept + dropped, key=lambda r: int(r["prefID"][1:])) == rows
+    assert kept == [r for r in rows if r in kept]
+    assert all(map(longer, dropped))
+    n_longer = sum(map(longer, kept))
+    assert n_longer <= share * len(kept) + 1e-9
+    if dropped:  # the fewest: one drop fewer would break the cap
+        assert n_longer + 1 > share * (len(kept) + 1) + 1e-9
+    # Speeches lost: only as many as the drops beyond the rows whose speech keeps another.
+    lost = {r["ID"] for r in rows} - {r["ID"] for r in kept}
+    by_speech = {sid: [r for r in rows if r["ID"] == sid] for sid in {r["ID"] for r in rows}}
+    spare = sum(len(g) - 1 if all(map(longer, g)) else sum(map(longer, g)) for g in by_speech.values())
+    assert len(lost) == max(0, len(dropped) - spare)
+
+
+def test_length_balance_flag(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["pairs", "--help"])
+    assert "--length-balance LENGTH_BALANCE" in capsys.readouterr().out
+    rundir = write_run(tmp_path / "run", scores=LENGTHY)
+    assert (
+        cli.main(["pairs", "--run-dir", str(rundir.root), "-q", "--test-fraction", "0", "--length-balance", "0.6"]) == 0
+    )
+    assert json.loads(rundir.run_json.read_text())["stages"]["pairs"]["length_balance"]["dropped"] == 8
+    for bad in ("0.5", "1.5", "nan"):
+        assert cli.main(["pairs", "--run-dir", str(rundir.root), "-q", "--length-balance", bad]) == 2
+        assert capsys.readouterr().err.startswith("psychocounsel: error:")

@@ -21,6 +21,7 @@ from .config import (
     RewardEvalConfig,
     RewardModelConfig,
     ScreenConfig,
+    TrainJudgeConfig,
     WinrateJudgeConfig,
 )
 from .flags import add_flags, given
@@ -66,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     _training_parsers(sub)
     _eval_parsers(sub)
     _screen_parser(sub)
+    _train_judge_parser(sub)
     return parser
 
 
@@ -83,6 +85,21 @@ def _screen_parser(sub) -> None:
     p.add_argument("--out", type=Path, help="write one prediction per row here (JSONL)")
     p.add_argument("--metrics", type=Path, help="write the metrics here (JSON)")
     add_flags(p, ScreenConfig)
+    _quiet(p)
+
+
+def _train_judge_parser(sub) -> None:
+    p = sub.add_parser(
+        "train-judge",
+        help="rebuild the default rater's weights from human-labelled data (seeded)",
+        description="Learn the default rater's seven principle heads on all-MiniLM-L6-v2 features from "
+        "EPITOME's empathy levels, CounselChat answers and rule-written, length-matched contrastive pairs "
+        "(folder --data, laid out like ../shared/data). Speeches are split train/dev/test by a hash of their "
+        "id; the report gives dev and test agreement next to the 'longer wins' baseline. Writes the weights "
+        "(default: the packaged rater_head.safetensors) and prints the test summary.",
+    )
+    add_flags(p, TrainJudgeConfig)
+    p.add_argument("--report", type=Path, help="write the full dev/test report here (JSON)")
     _quiet(p)
 
 
@@ -133,8 +150,8 @@ def _stage_parsers(sub) -> None:
     add_flags(p, RateConfig)
     p.add_argument(
         "--judge",
-        help="'minilm' (offline default) or a backend spec for an LLM judge, "
-        "e.g. openai:gpt-4o, transformers:PATH, default",
+        help="'rater' (the offline default: the learned rater), 'minilm' (the hand-tuned rater) or a "
+        "backend spec for an LLM judge, e.g. openai:gpt-4o, transformers:PATH, default",
     )
     p.add_argument("--mode", choices=["json", "logprob"], help="LLM judge mode (default json)")
     p.add_argument("--base-url", help="OpenAI-compatible server URL for an openai: judge")
@@ -158,7 +175,8 @@ def _judge_flags(p: argparse.ArgumentParser, required: bool) -> None:
         action="append",
         required=required,
         help="'reward_model' (RUN/reward_model), "
-        "'rm:PATH' (a reward model: higher reward wins), 'minilm' (the rater), or a backend spec for "
+        "'rm:PATH' (a reward model: higher reward wins), 'rater' (the rate stage's default rater, per "
+        "principle), 'minilm' (the hand-tuned rater), or a backend spec for "
         "an LLM judge (default, transformers:PATH, openai:MODEL); repeat for a panel (majority)",
     )
     add_flags(p, WinrateJudgeConfig, prefix="judge_", skip=("spec",))

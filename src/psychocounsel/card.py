@@ -64,10 +64,53 @@ def _crisis_note(crisis: dict | None) -> str:
     )
 
 
+def _share(figures: dict) -> str:
+    return "-" if figures["share"] is None else f"{figures['share']:.0%}"
+
+
+def _length_section(length: dict | None) -> str:
+    """How often the chosen reply is the longer one per split, and what ``length_balance`` did."""
+    if length is None:
+        return ""
+    per = length["chosen_longer"]
+    table = _table(
+        ["split", "pairs", "chosen is longer", "share"],
+        [[name, f["pairs"], f["n"], _share(f)] for name, f in per.items()],
+    )
+    balance = length.get("length_balance")
+    if balance is None:
+        note = "Train is not balanced for length (`length_balance` is off; `--length-balance SHARE` caps it)."
+    else:
+        before = balance["before"]
+        note = (
+            f"Train is balanced for length (`length_balance` {balance['share']}): the chosen reply was the "
+            f"longer one in {before['n']} of {before['pairs']} train pairs ({_share(before)}); "
+            f"{balance['dropped']} of those were dropped (seeded; a speech loses its last pair only when no "
+            "other can go), none added or swapped. The test split is never balanced."
+        )
+    return f"""## Length: how often the chosen reply is the longer one
+
+{table}
+
+Why it matters: a reward model (and a DPO policy) learns length when the chosen reply is nearly always
+the longer one, and then rewards saying more rather than saying it better. "Longer wins" alone scores
+the share above; near 50% the data carry little length signal (lengths in characters).
+{note}
+
+"""
+
+
 def write_card(
-    path: Path, splits: tuple[list[dict], list[dict]], groups: dict, rubric, cfg, crisis: dict | None = None
+    path: Path,
+    splits: tuple[list[dict], list[dict]],
+    groups: dict,
+    rubric,
+    cfg,
+    crisis: dict | None = None,
+    length: dict | None = None,
 ) -> None:
-    """pairs/README.md for the (train, test) ``splits``; ``crisis``: the screen's counts, if run."""
+    """pairs/README.md for the (train, test) ``splits``; ``crisis``: the screen's counts, if run;
+    ``length``: pairs.run's ``chosen_longer`` and ``length_balance`` figures."""
     train, test = splits
     by_gen: dict[str, list] = defaultdict(list)
     for group in groups.values():
@@ -103,7 +146,7 @@ Mean margin: {mean(margins) if margins else 0:.2f}.
 
 {_crisis_note(crisis)}
 
-## Mean score per generator
+{_length_section(length)}## Mean score per generator
 
 {_table(["generator", "responses", "score", *rubric.keys], gen_rows)}
 

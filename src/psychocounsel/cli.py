@@ -27,6 +27,7 @@ from .config import (
     RewardModelConfig,
     RunConfig,
     ScreenConfig,
+    TrainJudgeConfig,
     format_validation_error,
     load_config,
     override,
@@ -35,7 +36,7 @@ from .errors import UserError
 from .flags import given
 from .lock import FolderLock
 from .pipeline import STAGES
-from .specs import parse_spec
+from .specs import RATERS, parse_spec
 from .store import RunDir, check_dir_path, check_file_path
 
 # -- commands ---------------------------------------------------------------------------------
@@ -65,9 +66,10 @@ def _stage_config(args) -> RunConfig:
     elif args.command == "rate":
         cfg.rate = override(cfg.rate, given(args, RateConfig))
         if args.judge:
+            kind = parse_spec(args.judge).kind
             judge = (
-                {"type": "minilm"}
-                if parse_spec(args.judge).kind == "minilm"
+                {"type": kind}
+                if kind in RATERS
                 else {
                     "type": "llm",
                     "backend": {"spec": args.judge, "base_url": args.base_url},
@@ -145,7 +147,7 @@ def _eval_winrate(args) -> None:
 
 
 def _eval_judge(args) -> None:
-    from .evaluate.judge_eval import run_eval_judge
+    from .evaluate.judge_eval import length_warning, run_eval_judge
 
     try:
         cfg = JudgeEvalConfig(judge=judge_config(args), **given(args, JudgeEvalConfig))
@@ -153,6 +155,9 @@ def _eval_judge(args) -> None:
         raise UserError(format_validation_error(e, "command line")) from None
     result = run_eval_judge(cfg, args.data, out=args.out and check_file_path(args.out), cache_path=args.cache)
     print(json.dumps({k: v for k, v in result.items() if k != "failures"}))
+    flag = length_warning(result)
+    if flag:  # on stderr, so that stdout stays one JSON line
+        print(flag, file=sys.stderr)
 
 
 def _screen(args) -> None:
@@ -162,6 +167,21 @@ def _screen(args) -> None:
     out = check_file_path(args.out) if args.out else None
     metrics = check_file_path(args.metrics, "--metrics") if args.metrics else None
     print(json.dumps(screen_file(cfg, args.data, out, metrics)))
+
+
+def _train_judge(args) -> None:
+    from .judge.train_rater import WEIGHTS, summary, train
+    from .store import write_json
+
+    cfg = override(TrainJudgeConfig(), given(args, TrainJudgeConfig))
+    if not cfg.data.expanduser().is_dir():
+        raise UserError(f"--data {cfg.data} is not a folder (it should hold epitome-empathy, counsel-chat, ...)")
+    cfg = cfg.model_copy(update={"out": check_file_path(cfg.out or WEIGHTS, "--out")})
+    report_path = check_file_path(args.report, "--report") if args.report else None
+    report = train(cfg)
+    if report_path:
+        write_json(report_path, report)
+    print(json.dumps(summary(report)))
 
 
 def _report(args) -> None:
@@ -183,6 +203,7 @@ COMMANDS = {
     "eval-judge": _eval_judge,
     "report": _report,
     "screen": _screen,
+    "train-judge": _train_judge,
 }
 WRITES = {"train-rm": "out", "train-dpo": "out", "train-online": "out", "eval-winrate": "out", "report": "run_dir"}
 

@@ -122,26 +122,28 @@ class GenerateConfig(_Strict):
 
 
 class JudgeConfig(_Strict):
-    """The rater. ``minilm``: principle raters on all-MiniLM-L6-v2 embeddings (offline default,
-    chosen by measured agreement with human labels, see README). ``llm``: an LLM judge in ``json``
-    mode (one call, seven scores and a rationale) or ``logprob`` mode (expected score under the
-    judge's probabilities for "1".."5", one call per principle)."""
+    """The rater. ``rater`` (the default): seven principle heads on all-MiniLM-L6-v2 features,
+    learned from human labels and length-matched contrastive pairs (``train-judge``; agreement
+    in the README). ``minilm``: the older hand-tuned MiniLM rater. ``llm``: an LLM judge in
+    ``json`` mode (one call, seven scores and a rationale) or ``logprob`` mode (expected score
+    under the judge's probabilities for "1".."5", one call per principle)."""
 
-    type: Literal["minilm", "llm"] = "minilm"
+    type: Literal["rater", "minilm", "llm"] = "rater"
     backend: BackendConfig = Field(default_factory=BackendConfig)
     mode: Literal["json", "logprob"] = "json"
     max_tokens: int = Field(400, ge=1)  # json mode: room for seven scores and a rationale
     retries: int = Field(2, ge=0)  # extra attempts on unparseable output before the row is failed
     # logprob mode: below this share of probability on "1".."5" the judge was not giving a score
     min_digit_mass: Finite = Field(0.5, ge=0, le=1)
-    embedding_model: Path | None = None  # minilm: folder of a sentence-embedding model; None = packaged
+    # rater, minilm: folder of a sentence-embedding model; None = packaged all-MiniLM-L6-v2
+    embedding_model: Path | None = None
 
     _coerce_backend = field_validator("backend", mode="before")(_backend)
 
     @property
     def spec(self) -> str:
-        """The judge as a spec string (specs.py): ``minilm``, or the LLM's backend spec."""
-        return "minilm" if self.type == "minilm" else self.backend.spec
+        """The judge as a spec string (specs.py): ``rater``, ``minilm``, or the LLM's backend spec."""
+        return self.backend.spec if self.type == "llm" else self.type
 
 
 class RateConfig(_Strict):
@@ -152,7 +154,15 @@ class RateConfig(_Strict):
 class PairsConfig(_Strict):
     min_gap: Finite = Field(1.0, ge=0, description="smallest weighted-score gap of a train pair (the paper: 1.0)")
     test_fraction: Finite = Field(0.1, ge=0, lt=1, description="share of speeches held out for the test split")
-    seed: int = Field(0, description="seed of the train/test split")
+    seed: int = Field(0, description="seed of the train/test split (and of --length-balance's drops)")
+    length_balance: Finite | None = Field(
+        None,
+        gt=0.5,
+        le=1,
+        description="cap on the share of train pairs whose chosen reply is the longer one, in (0.5, 1]: "
+        "chosen-longer pairs are dropped (seeded) until it holds; the test split is left as it is "
+        "(default: off)",
+    )
 
 
 class RewardModelConfig(_Strict):
@@ -254,7 +264,8 @@ class OnlineConfig(_Strict):
 
 class WinrateJudgeConfig(_Strict):
     """One judge of eval-winrate. ``spec``: ``reward_model`` (this run's RUN/reward_model),
-    ``rm:PATH`` (any reward model folder), ``minilm`` (the MiniLM rater, per principle), or a
+    ``rm:PATH`` (any reward model folder), ``rater`` (the rate stage's default rater, per
+    principle), ``minilm`` (the hand-tuned MiniLM rater), or a
     backend spec for an LLM judge (``default``, ``transformers:PATH``, ``openai:MODEL``); a list
     of specs is a panel voting by majority."""
 
@@ -351,6 +362,27 @@ class ScreenConfig(_Strict):
     )
     batch_size: int = Field(64, ge=1, description="texts per embedding batch")
     seed: int = Field(0, description="seed of the bootstrap CIs")
+
+
+class TrainJudgeConfig(_Strict):
+    """psychocounsel train-judge: the default rater's heads, learned from the human-labelled data
+    of ``data`` (laid out like ../shared/data) and rule-written contrastive pairs."""
+
+    data: Path = Field(
+        Path("../shared/data"), description="folder with epitome-empathy, counsel-chat, reddit-mental-health"
+    )
+    out: Path | None = Field(None, description="weights file to write (default: the packaged rater_head.safetensors)")
+    cache: Path | None = Field(None, description="feature cache (.npz) so that a rerun only embeds new rows")
+    seed: int = Field(0, description="seed of the split, the pair sampling and the heads")
+    reddit_posts: int = Field(1500, ge=0, description="Reddit support-forum posts used as contrastive speeches")
+    epitome_pairs: int = Field(
+        4000, ge=0, description="EPITOME training pairs for exploration (twice as many for empathy)"
+    )
+    steps: int = Field(400, ge=1, description="full-batch optimiser steps")
+    lr: Finite = Field(0.01, gt=0, description="Adam learning rate")
+    l2: Finite = Field(3e-3, ge=0, description="L2 penalty on the head weights (chosen on the dev split)")
+    length_directions: int = Field(8, ge=0, description="directions predicting length removed before fitting (0: none)")
+    scale: Finite = Field(1.2, gt=0, description="logit per standard deviation of a head's training scores")
 
 
 class RunConfig(_Strict):

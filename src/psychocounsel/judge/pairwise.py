@@ -11,12 +11,12 @@ never guesses.
   "overall" for a single letter and reads P(A) against P(B) (parse.letter_preference).
 - :class:`RewardModelJudge`: the response with the higher reward wins. It scores each response
   on its own, so it has no position bias by construction.
-- :class:`RaterJudge`: the MiniLM rater's principle scores compared, per principle and overall;
+- :class:`RaterJudge`: a rater's principle scores compared (``rater`` or ``minilm``), per principle and overall;
   also position-free.
 - :class:`PanelJudge`: the majority of several judges.
 
 Judges are made by ``judge.build_judge`` from a spec (specs.py): ``rm:PATH``, ``reward_model`` or a
-folder holding a reward model is a reward-model judge; ``minilm`` the rater; a backend spec
+folder holding a reward model is a reward-model judge; ``rater`` / ``minilm`` a rater; a backend spec
 (``default``, ``transformers:PATH``, ``openai:MODEL``) an LLM judge.
 """
 
@@ -170,23 +170,24 @@ class LLMPairwiseJudge:
 
 
 class RaterJudge:
-    """A rating judge used pairwise: both responses are rated on every principle (``minilm``, the
-    offline default rater); on each principle the higher score wins, and overall the higher
-    weighted mean (rubric weights). Scores within ``tie_band`` of each other tie. Position plays
-    no part. A failed rating fails the verdict with its reason."""
+    """A rating judge used pairwise: both responses are rated on every principle (``rater``, the
+    rate stage's default, or ``minilm``); on each principle the higher score wins, and overall the
+    higher weighted mean (rubric weights). Scores within ``tie_band`` of each other tie. Position
+    plays no part. A failed rating fails the verdict with its reason."""
 
-    def __init__(self, rubric: Rubric, tie_band: float = 0.1, embedding_model: str | None = None):
-        from .minilm import MiniLMJudge
+    def __init__(self, rubric: Rubric, tie_band: float = 0.1, embedding_model: str | None = None, kind: str = "rater"):
+        from ..specs import JUDGE_REGISTRY, load_class
 
         self.rubric, self.tie_band = rubric, tie_band
-        self.rater = MiniLMJudge(rubric, embedding_model)
-        self.name = "minilm"
+        rater = load_class(*JUDGE_REGISTRY[(kind, "rate")], f"judge '{kind}'")
+        self.rater = rater(rubric, embedding_model)
+        self.name = kind
 
     calls_made = calls_cached = 0
 
     @classmethod
     def build(cls, spec, settings, rubric: Rubric, cache) -> RaterJudge:
-        return cls(rubric)
+        return cls(rubric, kind=spec.judge_kind)
 
     def _winner(self, a: float, b: float) -> str:
         return "tie" if abs(a - b) < self.tie_band else "A" if a > b else "B"
