@@ -22,9 +22,10 @@ Only the rater's held-out speeches are used (``--split test``, the default): the
 of their id (``psychocounsel.judge.train_rater.split_of``), and every candidate is measured on the
 same held-out rows. ``--split all`` measures on everything (the rater's numbers then mean nothing).
 
-Chance is Spearman 0 and accuracy 0.5. The default judge of configs/quickstart.yaml is the
-candidate with the best mean accuracy (over the measures it was run on); the README quotes this
-file's numbers. Model calls are cached beside --out, so a rerun only computes what is new.
+Chance is Spearman 0 and accuracy 0.5. The report names two winners: ``best`` by mean
+length-robust accuracy (the measure a judge cannot pass by preferring longer replies; the
+default judge of configs/quickstart.yaml is chosen by it) and ``best_by_accuracy`` by plain mean
+accuracy; the README quotes this file's numbers. Model calls are cached beside --out, so a rerun only computes what is new.
 """
 
 from __future__ import annotations
@@ -319,6 +320,7 @@ def evaluate(name: str, n_epitome: int, n_pairs: int | None, seed: int, cache: C
         out["counselchat-upvotes"] = {"n": 0, "skipped": "not run (see --llm-pairs)"}
         accs = [out[f]["acc_level2_vs_0"] for f in EPITOME]
         out["mean_accuracy"] = float(np.mean(accs))
+        out["mean_length_robust_accuracy"] = mean_robust(out)
         return out
     items, pairs = load_counselchat(n_pairs, seed, split)
     judge = make_judge(name, full, cache)
@@ -339,7 +341,18 @@ def evaluate(name: str, n_epitome: int, n_pairs: int | None, seed: int, cache: C
     }
     accs = [out[f]["acc_level2_vs_0"] for f in EPITOME] + [out["counselchat-upvotes"]["accuracy"]]
     out["mean_accuracy"] = float(np.mean(accs))
+    out["mean_length_robust_accuracy"] = mean_robust(out)
     return out
+
+
+def mean_robust(result: dict) -> float:
+    """Mean accuracy on the length-robust pairs over the sets a candidate was run on.
+
+    >>> mean_robust({"a": {"length_robust": {"accuracy": 0.5}}, "b": {"length_robust": {"accuracy": 0.7}}})
+    0.6
+    """
+    accs = [v["length_robust"]["accuracy"] for v in result.values() if isinstance(v, dict) and "length_robust" in v]
+    return round(float(np.nanmean([a for a in accs if a is not None])), 4)
 
 
 def main() -> int:
@@ -406,10 +419,18 @@ def main() -> int:
         print(json.dumps(res), flush=True)
         for line in length_flags(res):
             print(line, flush=True)
-    best = max(results, key=lambda r: r["mean_accuracy"])
-    report = {"data": str(DATA), "seed": args.seed, "split": args.split, "results": results, "best": best["judge"]}
+    best = max(results, key=lambda r: r["mean_length_robust_accuracy"])
+    plain = max(results, key=lambda r: r["mean_accuracy"])
+    report = {
+        "data": str(DATA),
+        "seed": args.seed,
+        "split": args.split,
+        "results": results,
+        "best": best["judge"],
+        "best_by_accuracy": plain["judge"],
+    }
     args.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    print(f"best by mean accuracy: {best['judge']}; wrote {args.out}")
+    print(f"best by length-robust accuracy: {best['judge']}; by accuracy: {plain['judge']}; wrote {args.out}")
     return 0
 
 

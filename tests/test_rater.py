@@ -87,6 +87,15 @@ def test_rater_is_the_default_judge_and_the_rater_spec_everywhere(rater):
     assert build_judge(WinrateJudgeConfig(spec="minilm"), rubric, cache).name == "minilm"
 
 
+@pytest.mark.parametrize("word, kind", [("rater", "rater"), ("minilm", "minilm"), ("openai:m", "llm")])
+def test_rate_judge_flag_names_the_same_judges_as_everywhere(tmp_path, word, kind):
+    from psychocounsel.arguments import build_parser
+    from psychocounsel.cli import _stage_config
+
+    args = build_parser().parse_args(["rate", "--run-dir", str(tmp_path), "--judge", word])
+    assert _stage_config(args).rate.judge.type == kind
+
+
 def test_damaged_weights_are_one_clear_error(tmp_path):
     bad = tmp_path / "w.safetensors"
     bad.write_bytes(b"not a safetensors file")
@@ -115,7 +124,8 @@ def test_contrastive_pairs_are_length_matched_and_never_one_sided():
     pairs = contrastive.build(speeches, seed=1)
     assert pairs == contrastive.build(speeches, seed=1)  # seeded
     kinds = {p["kind"] for p in pairs}
-    assert {"advice", "platitude", "off_topic", "truncated", "repetitive", "simple", "ignores_risk"} <= kinds
+    assert {"advice", "platitude", "off_topic", "truncated", "repetitive", "simple", "ignores_risk", "refusal"} <= kinds
+    assert "incoherent" in kinds
     ratios = [len(p["worse"]) / len(p["better"]) for p in pairs if p["kind"] not in ("simple", "repetitive")]
     assert 0.5 < float(np.median(ratios)) < 1.6
     shorter = np.mean([len(p["better"]) <= len(p["worse"]) for p in pairs])
@@ -238,3 +248,17 @@ def test_train_judge_cli_refuses_a_missing_data_folder(tmp_path):
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and "not a folder" in proc.stderr
     assert not (tmp_path / "w.safetensors").exists()
+
+
+def test_rate_stage_judge_key_follows_the_rater_weights(monkeypatch):
+    from psychocounsel.config import RateConfig
+    from psychocounsel.judge import rater as rater_module
+    from psychocounsel.rate import judge_key
+
+    cfg, rubric = RateConfig(), load_rubric()
+    first = judge_key(cfg, rubric, set())
+    assert first == judge_key(cfg, rubric, set())
+    monkeypatch.setattr(rater_module, "weights_id", lambda: "retrained")
+    assert judge_key(cfg, rubric, set()) != first  # retrained heads are not the old ratings
+    minilm = RateConfig(judge={"type": "minilm"})
+    assert judge_key(minilm, rubric, set()) == judge_key(minilm, rubric, set())

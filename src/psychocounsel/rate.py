@@ -29,9 +29,15 @@ CHUNK = 32  # responses rated per append: bounds the work lost to a kill
 
 def judge_key(cfg: RateConfig, rubric: Rubric, at_risk: set[str]) -> str:
     """Identifies judge + rubric + the speeches the crisis screen flags (their replies' safety is
-    capped): ratings are reused only while all three are unchanged."""
+    capped): ratings are reused only while all three are unchanged. The learned rater counts its
+    weights too, so retrained heads are not mistaken for the old ones."""
     judge = cfg.judge.model_dump(mode="json", exclude=NOT_IN_IDENTITY)
-    return stable_hash([judge, rubric.model_dump(mode="json"), RULE_VERSION, sorted(at_risk)], 12)
+    parts = [judge, rubric.model_dump(mode="json"), RULE_VERSION, sorted(at_risk)]
+    if cfg.judge.type == "rater":
+        from .judge.rater import weights_id
+
+        parts.append(weights_id())
+    return stable_hash(parts, 12)
 
 
 def run(cfg: RateConfig, rundir: RunDir) -> dict[str, Any]:

@@ -19,6 +19,8 @@ ignores_risk    (crisis speeches) an upbeat tip that passes over stated risk    
 truncated       a reflection cut off mid-sentence                                 clarity
 repetitive      one reflective sentence said again and again                      clarity
 simple          (against a complex reflection) a restatement that adds no feeling  empathy, exploration
+refusal         declines to engage ("I can't help with that")                     empathy, relevance, exploration
+incoherent      the words of a reflection in shuffled order                        clarity, relevance
 ==============  ================================================================  ===============
 
 Length is matched, not left to chance: the worse reply is grown or cut to a target drawn around
@@ -141,6 +143,14 @@ CRISIS_CARE = (
     "(US) or your local emergency number, or reach a crisis line; you do not have to face this alone.",
     "I'm concerned for your safety. If you are thinking of ending your life, please reach out now to a "
     "crisis line such as 988 in the US or Samaritans on 116 123 in the UK, or go to an emergency room.",
+)
+REFUSALS = (
+    "I'm sorry, but I can't help with that.",
+    "I'm unable to provide a response to this request.",
+    "As an AI, I cannot give advice on personal matters.",
+    "Please consult a qualified professional for this.",
+    "I don't have enough information to respond.",
+    "Thank you for sharing. I am not able to assist with this topic.",
 )
 UPBEAT = (
     "Try going for a walk, it always helps to get some fresh air.",
@@ -273,6 +283,14 @@ def pairs_for(speech_id: str, speech: str, other: str, crisis: bool, rng: random
     rich = reflection(speech, rng, complex_=True, n_clauses=1)
     if simple and rich:
         add("simple", simple, ("empathy", "exploration"), good=rich)
+    # Kinds added later draw from their own stream (seeded by the speech id), so the pairs above
+    # stay as they were.
+    more = random.Random(f"{speech_id}:later")
+    add("refusal", fill(REFUSALS, int(n * _ratio(more)), more), ("empathy", "relevance", "exploration"))
+    words = better.split()
+    if len(words) > 6:
+        shuffled = " ".join(more.sample(words, len(words)))
+        add("incoherent", fit(shuffled, int(n * _ratio(more))) or shuffled, ("clarity", "relevance"))
     return pairs
 
 

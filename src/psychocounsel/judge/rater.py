@@ -68,6 +68,16 @@ def save_head(path: Path, weight: np.ndarray, bias: np.ndarray, metadata: dict) 
     tmp.replace(path)
 
 
+def weights_id(path: Path = WEIGHTS) -> str:
+    """A short hash of the weights file: part of the rate stage's judge key."""
+    import hashlib
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"rater weights missing: {path}; rebuild them with psychocounsel train-judge")
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
 def load_head(path: Path = WEIGHTS) -> tuple[np.ndarray, np.ndarray, dict]:
     from safetensors import safe_open
 
