@@ -39,17 +39,18 @@ from .rater import FEATURES, WEIGHTS, featurize, head_scores, save_head
 log = logging.getLogger(__name__)
 PRINCIPLES = ("empathy", "relevance", "clarity", "safety", "exploration", "autonomy", "staging")
 EPITOME = {"emotional-reactions": "empathy", "interpretations": "empathy", "explorations": "exploration"}
-SPLITS = (("train", 0.6), ("dev", 0.8), ("test", 1.0))
 
 
 def split_of(key: str, seed: int = 0) -> str:
-    """train, dev or test for a speech, from a hash of its id (fixed before any result is seen).
+    """train, dev or test for a speech, from a hash of its id (fixed before any result is seen);
+    the crisis screen's 60/20/20 hash split, in a namespace of its own.
 
     >>> split_of("epitome:65m92s"), split_of("epitome:65m92s") == split_of("epitome:65m92s", 0)
     ('train', True)
     """
-    u = int.from_bytes(hashlib.sha256(f"rater{seed}:{key}".encode()).digest()[:8], "big") / 2**64
-    return next(name for name, upper in SPLITS if u < upper)
+    from ..safety.data import split_of as hashed_split
+
+    return hashed_split(key, seed=f"rater{seed}")
 
 
 class Table:

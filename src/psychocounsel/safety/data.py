@@ -14,7 +14,7 @@ SPLITS = (("train", 0.6), ("dev", 0.8), ("test", 1.0))  # cumulative upper bound
 DEFAULT_SEED = 0
 
 
-def split_of(post_id: str, seed: int = DEFAULT_SEED) -> str:
+def split_of(post_id: str, seed: int | str = DEFAULT_SEED) -> str:
     """The split of one post, from a hash of its id: the same on every machine and run.
 
     >>> split_of("rmhd-0"), split_of("rmhd-0") == split_of("rmhd-0", seed=0)
