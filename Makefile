@@ -45,7 +45,7 @@ screen-weights: dev
 	OMP_NUM_THREADS=2 $(BIN)/python -m psychocounsel.safety.train --data ../shared/data/reddit-mental-health/posts.jsonl
 
 # The default rater's heads (src/psychocounsel/judge/rater_head.safetensors), from ../shared/data:
-# about 13 minutes on 2 cores, seeded; the dev/test report goes to benchmarks/results/.
+# about 15 minutes on 2 cores, seeded; the dev/test report goes to benchmarks/results/.
 judge-weights: dev
 	OMP_NUM_THREADS=2 $(BIN)/psychocounsel train-judge --data ../shared/data --report benchmarks/results/rater_train.json
 
