@@ -143,7 +143,10 @@ def _(run, tmp, server):
 
 @case("pairs --length-balance 0.3")
 def _(run, tmp, server):
-    return ["pairs", "--run-dir", str(run), "--length-balance", "0.3"], ["length_balance", "greater than 0.5"]
+    return ["pairs", "--run-dir", str(run), "--length-balance", "0.3"], [
+        "length_balance",
+        "greater than or equal to 0.5",
+    ]
 
 
 @case("run with pairs.length_balance 1.5")

@@ -676,6 +676,6 @@ def test_length_balance_flag(tmp_path, capsys):
         cli.main(["pairs", "--run-dir", str(rundir.root), "-q", "--test-fraction", "0", "--length-balance", "0.6"]) == 0
     )
     assert json.loads(rundir.run_json.read_text())["stages"]["pairs"]["length_balance"]["dropped"] == 8
-    for bad in ("0.5", "1.5", "nan"):
+    for bad in ("0.45", "1.5", "nan"):
         assert cli.main(["pairs", "--run-dir", str(rundir.root), "-q", "--length-balance", bad]) == 2
         assert capsys.readouterr().err.startswith("psychocounsel: error:")

@@ -157,11 +157,11 @@ class PairsConfig(_Strict):
     seed: int = Field(0, description="seed of the train/test split (and of --length-balance's drops)")
     length_balance: Finite | None = Field(
         None,
-        gt=0.5,
+        ge=0.5,
         le=1,
-        description="cap on the share of train pairs whose chosen reply is the longer one, in (0.5, 1]: "
-        "chosen-longer pairs are dropped (seeded) until it holds; the test split is left as it is "
-        "(default: off)",
+        description="cap on the share of train pairs whose chosen reply is the longer one, in [0.5, 1] "
+        "(0.5: no length signal left): chosen-longer pairs are dropped (seeded) until it holds; the test "
+        "split is left as it is (default: off)",
     )
 
 
