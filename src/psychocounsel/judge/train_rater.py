@@ -172,8 +172,8 @@ def counselchat_pairs(questions: list[dict], table: Table, rng: random.Random) -
                     "counselchat-relevance",
                 )
             )
+        up_a = dict(q["answers"])[a]
         for b, up_b in q["answers"]:
-            up_a = dict(q["answers"])[a]
             if up_a > up_b and 0.8 <= len(a) / len(b) <= 1.25:
                 out.append(
                     _pair(table.add(q["speech"], a), table.add(q["speech"], b), [], True, "counselchat-upvotes", 0.5)
