@@ -19,7 +19,7 @@ response of the set; null when undefined).
 
 Only the rater's held-out speeches are used (``--split test``, the default): the default rater
 (``rater``) was trained on the other EPITOME seeker posts and CounselChat questions, split by a hash
-of their id (``psychocounsel.judge.train_rater.split_of``), and every candidate is measured on the
+of their id (``psychocounsel.judge.rater_data.split_of``), and every candidate is measured on the
 same held-out rows. ``--split all`` measures on everything (the rater's numbers then mean nothing).
 
 Chance is Spearman 0 and accuracy 0.5. The report names two winners: ``best`` by mean
@@ -168,7 +168,7 @@ def length_flags(result: dict) -> list[str]:
 
 def held_out(kind: str, key: str, split: str) -> bool:
     """Whether a speech is in ``split`` of the rater's train/dev/test split (``all``: always)."""
-    from psychocounsel.judge.train_rater import split_of
+    from psychocounsel.judge.rater_data import split_of
 
     return split == "all" or split_of(f"{kind}:{key}") == split
 

@@ -1,4 +1,4 @@
-"""The default rater (judge/rater.py) and its training (judge/train_rater.py, contrastive.py):
+"""The default rater (judge/rater.py) and its training (judge/train_rater.py, rater_data.py, contrastive.py):
 the shipped weights load and reproduce their training-time scores, the rater scores 1-5 and
 prefers a reflection to stock advice of the same length, training runs end to end on a tiny
 data folder written here, and the length measures count what they claim. Offline, no hub."""
@@ -17,12 +17,12 @@ from psychocounsel.config import JudgeConfig, TrainJudgeConfig, WinrateJudgeConf
 from psychocounsel.errors import UserError
 from psychocounsel.judge import build_judge, contrastive
 from psychocounsel.judge.rater import WEIGHTS, LearnedRater, load_head
+from psychocounsel.judge.rater_data import split_of
 from psychocounsel.judge.train_rater import (
     PROBES,
     length_nullspace,
     pair_report,
     probe_scores,
-    split_of,
     summary,
     train,
 )

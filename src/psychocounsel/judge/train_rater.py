@@ -1,16 +1,8 @@
 """``psychocounsel train-judge``: learn the default rater's heads from human labels and
 length-matched contrastive pairs, and measure it on held-out speeches.
 
-Data (a folder laid out like ``../shared/data``, see its README):
-
-- EPITOME (Sharma et al., 2020): peer replies labelled 0/1/2 for emotional reactions and
-  interpretations (-> ``empathy``) and explorations (-> ``exploration``). Trained on pairs of
-  replies of different levels, half of them drawn so that the better reply is not the longer.
-- CounselChat: a therapist's answer to *this* question against an answer of about the same
-  length to another question (-> ``relevance``, ``empathy``); more-upvoted against less-upvoted
-  answers to the same question only where both are about equally long (upvotes mostly reward
-  length).
-- Contrastive pairs (``contrastive.py``) on CounselChat questions and Reddit posts.
+The data (EPITOME levels, CounselChat answers, rule-written contrastive pairs, each split by
+speech) is built in ``rater_data.py``.
 
 Every source is split by speech (a hash of its id: train 60%, dev 20%, test 20%) before anything
 is fitted; hyperparameters are fixed here, and the report's ``test`` part is what the card quotes.
@@ -20,180 +12,19 @@ out (iterated nullspace projection), so a head cannot read length off the featur
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import json
 import logging
-import random
 import time
-from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 
 from ..config import TrainJudgeConfig
-from ..errors import UserError
-from . import contrastive
 from .rater import FEATURES, WEIGHTS, featurize, head_scores, save_head
+from .rater_data import EPITOME, Table, build_data, data_hash
 
 log = logging.getLogger(__name__)
 PRINCIPLES = ("empathy", "relevance", "clarity", "safety", "exploration", "autonomy", "staging")
-EPITOME = {"emotional-reactions": "empathy", "interpretations": "empathy", "explorations": "exploration"}
-
-
-def split_of(key: str, seed: int = 0) -> str:
-    """train, dev or test for a speech, from a hash of its id (fixed before any result is seen);
-    the crisis screen's 60/20/20 hash split, in a namespace of its own.
-
-    >>> split_of("epitome:65m92s"), split_of("epitome:65m92s") == split_of("epitome:65m92s", 0)
-    ('train', True)
-    """
-    from ..safety.data import split_of as hashed_split
-
-    return hashed_split(key, seed=f"rater{seed}")
-
-
-class Table:
-    """Unique (speech, response) rows; pairs refer to rows by index."""
-
-    def __init__(self) -> None:
-        self.rows: list[tuple[str, str]] = []
-        self.index: dict[tuple[str, str], int] = {}
-
-    def add(self, speech: str, response: str) -> int:
-        key = (speech, response)
-        if key not in self.index:
-            self.index[key] = len(self.rows)
-            self.rows.append(key)
-        return self.index[key]
-
-
-def _csv(path: Path) -> list[dict]:
-    if not path.is_file():
-        raise UserError(f"train-judge needs {path} (see ../shared/data/README.md)")
-    with path.open(encoding="utf-8", newline="") as f:
-        return list(csv.DictReader(f))
-
-
-def load_epitome(data: Path) -> list[dict]:
-    """One row per (seeker post, reply) with its three levels."""
-    rows: dict[tuple[str, str], dict] = {}
-    for file, _ in EPITOME.items():
-        for r in _csv(data / "epitome-empathy" / f"{file}-reddit.csv"):
-            if r["seeker_post"].strip() and r["response_post"].strip():
-                row = rows.setdefault(
-                    (r["sp_id"], r["rp_id"]),
-                    {"speech_id": f"epitome:{r['sp_id']}", "speech": r["seeker_post"], "reply": r["response_post"]},
-                )
-                row[file] = int(r["level"])
-    return [r for r in rows.values() if all(f in r for f in EPITOME)]
-
-
-def load_counselchat(data: Path) -> dict[str, dict]:
-    """Questions by id: ``{speech_id, speech, topic, answers: [(text, upvotes)]}``."""
-    out: dict[str, dict] = {}
-    for r in _csv(data / "counsel-chat" / "20200325_counsel_chat.csv"):
-        text = (r["questionText"] or "").strip() or (r["questionTitle"] or "").strip()
-        if text and (r["answerText"] or "").strip():
-            q = out.setdefault(
-                r["questionID"],
-                {"speech_id": f"counselchat:{r['questionID']}", "speech": text, "topic": r["topic"], "answers": []},
-            )
-            q["answers"].append((r["answerText"].strip(), int(r["upvotes"] or 0)))
-    return out
-
-
-def load_posts(data: Path, n: int, seed: int) -> list[dict]:
-    """Up to ``n`` Reddit posts from support forums (crisis ones marked), as contrastive speeches."""
-    path = data / "reddit-mental-health" / "posts.jsonl"
-    if not path.is_file():
-        raise UserError(f"train-judge needs {path} (see ../shared/data/README.md)")
-    rows = [json.loads(line) for line in path.open(encoding="utf-8") if line.strip()]
-    rows = [r for r in rows if r.get("group") in ("crisis", "distress")]
-    random.Random(seed).shuffle(rows)
-    return [
-        {"id": f"reddit:{r['id']}", "text": r["text"], "crisis": r["group"] == "crisis"} for r in rows[:n] if r["text"]
-    ]
-
-
-def _pair(better: int, worse: int, heads: list[str], overall: bool, source: str, weight: float = 1.0) -> dict:
-    return {"better": better, "worse": worse, "heads": heads, "overall": overall, "source": source, "w": weight}
-
-
-def epitome_pairs(rows: list[dict], table: Table, n: int, rng: random.Random) -> list[dict]:
-    """Pairs of replies with different levels, half of them drawn so that the better reply is no
-    longer than the worse (level, not length, separates them): ``2 n`` for ``empathy`` by the sum
-    of the emotional-reaction and interpretation levels (one head serves both mechanisms: trained
-    on either alone it ranks the other below chance), ``n`` for ``exploration``."""
-    idx = [table.add(r["speech"], r["reply"]) for r in rows]
-    lengths = [len(r["reply"]) for r in rows]
-    out = []
-    tasks = (
-        ("empathy", lambda r: r["emotional-reactions"] + r["interpretations"], 2 * n, "epitome-empathy"),
-        ("exploration", lambda r: r["explorations"], n, "epitome-explorations"),
-    )
-    for head, level, count, source in tasks:
-        by_level = defaultdict(list)
-        for i, r in enumerate(rows):
-            by_level[level(r)].append(i)
-        levels = sorted(by_level)
-        if len(levels) < 2:
-            continue
-        for k in range(count):
-            hi = rng.choice(levels[1:])
-            a = rng.choice(by_level[hi])
-            lo = rng.choice([v for v in levels if v < hi])
-            b = rng.choice(by_level[lo])
-            if k % 2:  # length-robust: redraw the worse reply until it is at least as long
-                for _ in range(20):
-                    if lengths[b] >= lengths[a]:
-                        break
-                    b = rng.choice(by_level[lo])
-            out.append(_pair(idx[a], idx[b], [head], False, source))
-    return out
-
-
-def counselchat_pairs(questions: list[dict], table: Table, rng: random.Random) -> list[dict]:
-    """Answer to this question > answer of about the same length to another question; and, where
-    two answers are within 20% of each other's length, more upvotes > fewer (weight 0.5)."""
-    answers = [(q, a) for q in questions for a, _ in q["answers"]]
-    out = []
-    for q, a in answers:
-        pool = rng.sample(answers, min(30, len(answers)))
-        others = [x for x in pool if x[0]["speech_id"] != q["speech_id"] and x[0]["topic"] != q["topic"]]
-        if others:
-            other = min(others, key=lambda x: abs(len(x[1]) - len(a)))[1]
-            out.append(
-                _pair(
-                    table.add(q["speech"], a),
-                    table.add(q["speech"], other),
-                    ["relevance", "empathy"],
-                    True,
-                    "counselchat-relevance",
-                )
-            )
-        up_a = dict(q["answers"])[a]
-        for b, up_b in q["answers"]:
-            if up_a > up_b and 0.8 <= len(a) / len(b) <= 1.25:
-                out.append(
-                    _pair(table.add(q["speech"], a), table.add(q["speech"], b), [], True, "counselchat-upvotes", 0.5)
-                )
-    return out
-
-
-def contrastive_pairs(speeches: list[dict], table: Table, seed: int) -> tuple[list[dict], list[dict]]:
-    rows = contrastive.build(speeches, seed)
-    pairs = [
-        _pair(
-            table.add(r["speech"], r["better"]),
-            table.add(r["speech"], r["worse"]),
-            r["principles"],
-            True,
-            f"contrastive-{r['kind']}",
-        )
-        for r in rows
-    ]
-    return pairs, rows
 
 
 def embed_table(table: Table, cache: Path | None) -> np.ndarray:
@@ -346,62 +177,6 @@ def evaluate(scores: np.ndarray, lengths: np.ndarray, data: dict, split: str) ->
     rows = sorted({r for p in data["eval_pairs"][split] for r in (p["better"], p["worse"])} | {r["row"] for r in ep})
     out["overall_spearman_length"] = round(float(spearmanr(overall[rows], lengths[rows]).statistic), 3)
     return out
-
-
-def _all_pairs_upvotes(questions: list[dict], table: Table) -> list[dict]:
-    """Every (more-upvoted, less-upvoted) answer pair of the same question: the evaluation set."""
-    out = []
-    for q in questions:
-        for a, ua in q["answers"]:
-            for b, ub in q["answers"]:
-                if ua > ub:
-                    out.append(
-                        _pair(table.add(q["speech"], a), table.add(q["speech"], b), [], True, "counselchat-upvotes")
-                    )
-    return out
-
-
-def build_data(cfg: TrainJudgeConfig) -> tuple[Table, dict]:
-    """Every row and pair, split by speech; nothing here has seen a score."""
-    data_dir = Path(cfg.data).expanduser()
-    rng = random.Random(cfg.seed)
-    table = Table()
-    epitome = load_epitome(data_dir)
-    for r in epitome:
-        r["split"] = split_of(r["speech_id"], cfg.seed)
-        r["row"] = table.add(r["speech"], r["reply"])
-    questions = list(load_counselchat(data_dir).values())
-    for q in questions:
-        q["split"] = split_of(q["speech_id"], cfg.seed)
-    posts = load_posts(data_dir, cfg.reddit_posts, cfg.seed)
-    speeches = [{"id": q["speech_id"], "text": q["speech"], "crisis": False} for q in questions] + posts
-    train_pairs: list[dict] = []
-    eval_pairs: dict[str, list[dict]] = {"train": [], "dev": [], "test": []}
-    train_pairs += epitome_pairs([r for r in epitome if r["split"] == "train"], table, cfg.epitome_pairs, rng)
-    train_pairs += counselchat_pairs([q for q in questions if q["split"] == "train"], table, rng)
-    for split in ("dev", "test"):
-        part = [q for q in questions if q["split"] == split]
-        eval_pairs[split] += _all_pairs_upvotes(part, table)
-        eval_pairs[split] += [p for p in counselchat_pairs(part, table, rng) if p["source"] == "counselchat-relevance"]
-    contrast_rows = []
-    for split in ("train", "dev", "test"):
-        part = [s for s in speeches if split_of(s["id"], cfg.seed) == split]
-        pairs, rows = contrastive_pairs(part, table, cfg.seed)
-        contrast_rows += [dict(r, split=split) for r in rows]
-        (train_pairs if split == "train" else eval_pairs[split]).extend(pairs)
-    return table, {
-        "epitome": epitome,
-        "train_pairs": train_pairs,
-        "eval_pairs": eval_pairs,
-        "contrastive": contrast_rows,
-    }
-
-
-def data_hash(table: Table) -> str:
-    h = hashlib.sha256()
-    for s, r in table.rows:
-        h.update(f"{s}\x00{r}\x01".encode())
-    return h.hexdigest()[:16]
 
 
 def train(cfg: TrainJudgeConfig) -> dict:
