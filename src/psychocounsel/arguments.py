@@ -21,6 +21,7 @@ from .config import (
     RewardEvalConfig,
     RewardModelConfig,
     ScreenConfig,
+    ServeConfig,
     TrainJudgeConfig,
     WinrateJudgeConfig,
 )
@@ -36,7 +37,7 @@ EPILOG = """\
 stages: ingest -> generate -> rate -> pairs [-> reward_model -> dpo -> online -> eval] -> report.
 Each reads and writes the run directory (--run-dir); `run` chains them. Rerunning resumes and
 skips finished work. train-*, eval-* and report also run on their own; screen runs the crisis
-screen on any file of texts.
+screen on any file of texts; serve puts a trained policy and reward model behind HTTP.
 Example: psychocounsel run configs/quickstart.yaml --run-dir runs/quickstart"""
 
 
@@ -68,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     _eval_parsers(sub)
     _screen_parser(sub)
     _train_judge_parser(sub)
+    _serve_parser(sub)
     return parser
 
 
@@ -100,6 +102,23 @@ def _train_judge_parser(sub) -> None:
     )
     add_flags(p, TrainJudgeConfig)
     p.add_argument("--report", type=Path, help="write the full dev/test report here (JSON)")
+    _quiet(p)
+
+
+def _serve_parser(sub) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="serve a policy (and a reward model) over HTTP: OpenAI-compatible chat, /get_reward, crisis routing",
+        description="Serve --policy as an OpenAI-compatible chat server (POST /v1/chat/completions, streaming "
+        "included; GET /v1/models; GET /health) and, with --reward-model, POST /get_reward (OpenRLHF's shape) "
+        "and POST /v1/score, and best-of-n answers. Every user turn goes through the crisis screen first: a "
+        "crisis is answered with a message naming crisis resources for --locale, a concern gets them after "
+        "the model's answer. Requests from many clients are decoded together (dynamic batching). Binding "
+        "anything but loopback needs an API key in the environment variable --api-key-env names. The models "
+        "assist counselors; they are not a substitute for care.",
+    )
+    p.add_argument("--policy", required=True, help=ServeConfig.model_fields["policy"].description)
+    add_flags(p, ServeConfig, skip=("policy",))
     _quiet(p)
 
 
@@ -287,6 +306,7 @@ def _training_parsers(sub) -> None:
     p.add_argument("--model", required=True, type=Path, help="a reward model folder (e.g. from train-rm)")
     p.add_argument("--data", required=True, help="pairs file, pairs/ folder (its test split) or saved datasets folder")
     p.add_argument("--out", type=Path, help="write the metrics as JSON here")
+    p.add_argument("--predictions", type=Path, help="write each pair's r_chosen and r_rejected here (JSONL, row order)")
     add_flags(p, RewardEvalConfig)
     _quiet(p)
 

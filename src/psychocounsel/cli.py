@@ -27,6 +27,7 @@ from .config import (
     RewardModelConfig,
     RunConfig,
     ScreenConfig,
+    ServeConfig,
     TrainJudgeConfig,
     format_validation_error,
     load_config,
@@ -100,7 +101,8 @@ def _eval_rm(args) -> None:
     from .store import write_json
 
     cfg = override(RewardEvalConfig(), given(args, RewardEvalConfig))
-    metrics = evaluate_file(args.model, args.data, cfg)
+    predictions = check_file_path(args.predictions, "--predictions") if args.predictions else None
+    metrics = evaluate_file(args.model, args.data, cfg, predictions)
     if args.out:
         write_json(check_file_path(args.out), metrics)
     print(json.dumps(metrics))
@@ -184,6 +186,16 @@ def _train_judge(args) -> None:
     print(json.dumps(summary(report)))
 
 
+def _serve(args) -> None:
+    from .serve import serve
+
+    try:
+        cfg = ServeConfig(policy=args.policy, **given(args, ServeConfig, skip=("policy",)))
+    except ValidationError as e:
+        raise UserError(format_validation_error(e, "command line")) from None
+    serve(cfg)
+
+
 def _report(args) -> None:
     from .report import write_report
 
@@ -204,6 +216,7 @@ COMMANDS = {
     "report": _report,
     "screen": _screen,
     "train-judge": _train_judge,
+    "serve": _serve,
 }
 WRITES = {"train-rm": "out", "train-dpo": "out", "train-online": "out", "eval-winrate": "out", "report": "run_dir"}
 

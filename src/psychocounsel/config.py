@@ -385,6 +385,37 @@ class TrainJudgeConfig(_Strict):
     scale: Finite = Field(1.2, gt=0, description="logit per standard deviation of a head's training scores")
 
 
+class ServeConfig(_Strict):
+    """psychocounsel serve: the policy (and a reward model) over HTTP, behind the crisis screen."""
+
+    policy: str = Field(description="policy to serve: a model folder, a .gguf file, or 'default' (SmolLM2-135M)")
+    reward_model: Path | None = Field(None, description="reward model folder: /get_reward, /v1/score and best-of-n")
+    host: str = Field("127.0.0.1", description="address to bind; any other than loopback needs an API key")
+    port: int = Field(8000, ge=1, le=65535, description="port")
+    api_key_env: str = Field(
+        "PSYCHOCOUNSEL_API_KEY",
+        description="environment variable holding the bearer token clients must send (required off loopback)",
+    )
+    model_name: str = Field("psychocounsel", min_length=1, description="the policy's name in /v1/models and requests")
+    locale: str | None = Field(None, description="locale of the crisis resources, e.g. en_US (default: international)")
+    resources: Path | None = Field(None, description="crisis resources YAML (default: the packaged list)")
+    crisis_routing: bool = Field(True, description="screen every user turn and answer a crisis with resources")
+    best_of: int = Field(1, ge=1, le=16, description="candidates sampled per answer, the reward model's best returned")
+    max_batch: int = Field(16, ge=1, description="sequences decoded together")
+    # 10 ms: long enough for clients that arrive together to share a batch, short next to a
+    # 135M model's ~40 ms per decoding step on 2 CPU cores.
+    batch_window_ms: Finite = Field(10.0, ge=0, description="how long a batch waits for more requests")
+    max_queue: int = Field(64, ge=1, description="sequences queued or decoding before new requests get 429")
+    max_body_bytes: int = Field(1024 * 1024, ge=1024, description="largest request body (larger: 413)")
+    request_timeout: Finite = Field(300.0, gt=0, description="seconds a request may wait and run")
+    max_tokens: int = Field(256, ge=1, description="answer length when a request sets none")
+    cors_origins: str | None = Field(None, description="comma-separated origins allowed by CORS (default: CORS off)")
+    reward_batch_size: int = Field(16, ge=1, description="sequences per reward-model forward pass")
+    reward_max_length: int = Field(512, ge=16, description="tokens per prompt + response scored")
+    device: str = Field("auto", description="auto | cpu | cuda | cuda:N | mps")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description="auto: bf16 on GPU, fp32 on CPU")
+
+
 class RunConfig(_Strict):
     ingest: IngestConfig = Field(default_factory=IngestConfig)
     generate: GenerateConfig = Field(default_factory=GenerateConfig)

@@ -262,6 +262,37 @@ def score_responses(
     return rewards
 
 
+def formatted_ids(tokenizer, text: str, max_length: int) -> list[int]:
+    """Token ids of a sequence already written in the reward model's format (what ``encode`` reads:
+    its chat template applied to the (user, assistant) exchange), as OpenRLHF's reward server reads
+    a query: leading pad tokens stripped, the start cut when too long. For such a text the ids, and
+    so the reward, are those of ``encode``."""
+    pad = tokenizer.pad_token
+    if pad:
+        while text.startswith(pad):
+            text = text[len(pad) :]
+        while pad != tokenizer.eos_token and text.endswith(pad):
+            text = text[: -len(pad)]
+    if tokenizer.chat_template:
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    else:
+        ids = tokenizer(text)["input_ids"]
+        eos = tokenizer.eos_token_id
+        if eos is not None and (not ids or ids[-1] != eos):
+            ids.append(eos)
+    return ids[-max_length:]
+
+
+def score_formatted(model, tokenizer, texts: list[str], batch_size: int = 16, max_length: int = 512) -> np.ndarray:
+    """The reward of each already-formatted sequence (see :func:`formatted_ids`)."""
+    ensure_pad_token(tokenizer)
+    seqs = [formatted_ids(tokenizer, t, max_length) for t in texts]
+    rewards = _rewards(model, seqs, tokenizer.pad_token_id, batch_size)
+    if not np.all(np.isfinite(rewards)):
+        raise UserError(f"the reward model returned {int(np.sum(~np.isfinite(rewards)))} non-finite rewards")
+    return rewards
+
+
 def pair_rewards(
     model, tokenizer, rows: list[dict], batch_size: int = 16, max_length: int = 512
 ) -> tuple[np.ndarray, np.ndarray]:

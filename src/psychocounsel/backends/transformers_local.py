@@ -69,7 +69,8 @@ class TransformersBackend(Backend):
             return {"backend": self.name, "model": self.path.name, **where}
         return {"backend": self.name, "model": self.model, "weights": weights_fingerprint(self.path), **where}
 
-    def _load(self):
+    def load(self):
+        """(model, tokenizer), loaded once; the tokenizer pads on the left."""
         if self._lm is None:
             import torch
             from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -82,20 +83,28 @@ class TransformersBackend(Backend):
             self._lm = AutoModelForCausalLM.from_pretrained(self.path, dtype=dtype).to(self.device).eval()
         return self._lm, self._tok
 
-    def _encode(self, requests: list[ChatRequest]):
-        _, tok = self._load()
+    def prompt_text(self, messages: list[dict[str, str]]) -> str:
+        """The text the model continues: its chat template with the assistant's turn opened, or
+        for a base model a plain role-labelled transcript."""
+        _, tok = self.load()
         if tok.chat_template:
-            texts = [tok.apply_chat_template(r.messages, tokenize=False, add_generation_prompt=True) for r in requests]
-        else:  # a base model: plain transcript
-            texts = [
-                "\n\n".join(f"{m['role']}: {m['content']}" for m in r.messages) + "\n\nassistant:" for r in requests
-            ]
+            return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return "\n\n".join(f"{m['role']}: {m['content']}" for m in messages) + "\n\nassistant:"
+
+    def prompt_ids(self, messages: list[dict[str, str]]) -> list[int]:
+        """Token ids of :meth:`prompt_text` (a chat template writes its own special tokens)."""
+        _, tok = self.load()
+        return tok(self.prompt_text(messages), add_special_tokens=not tok.chat_template)["input_ids"]
+
+    def _encode(self, requests: list[ChatRequest]):
+        _, tok = self.load()
+        texts = [self.prompt_text(r.messages) for r in requests]
         return tok(texts, return_tensors="pt", padding=True, add_special_tokens=not tok.chat_template).to(self.device)
 
     def _run_batch(self, batch: list[ChatRequest]) -> list[Completion]:
         import torch
 
-        lm, tok = self._load()
+        lm, tok = self.load()
         params = batch[0].params
         enc = self._encode(batch)
         temperature = float(params.get("temperature", 0.0))

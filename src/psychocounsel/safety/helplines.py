@@ -39,8 +39,9 @@ def region_of(locale: str | None) -> str | None:
     return base.upper() if base.isupper() or base.upper() in {"US", "UK", "GB", "IE", "USA"} else None
 
 
-def resources(locale: str | None = None) -> list[dict]:
+def resources(locale: str | None = None, path: Path | None = None) -> list[dict]:
     """Crisis resources for a locale ("en_US", "en-GB", "IE", ...); the international default otherwise.
+    ``path``: a resources YAML laid out like the packaged ``resources.yaml`` (default: that file).
 
     Each entry is a fresh dict with ``name``, ``contact`` and ``region``.
 
@@ -51,7 +52,7 @@ def resources(locale: str | None = None) -> list[dict]:
     >>> [r["region"] for r in resources()]
     ['international', 'international']
     """
-    data = _table()
+    data = _table(Path(path) if path else RESOURCES)
     region = region_of(locale)
     region = data.get("aliases", {}).get(region, region)
     entries = data["regions"].get(region, data["default"])
