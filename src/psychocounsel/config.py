@@ -413,7 +413,9 @@ class ServeConfig(_Strict):
     reward_batch_size: int = Field(16, ge=1, description="sequences per reward-model forward pass")
     reward_max_length: int = Field(512, ge=16, description="tokens per prompt + response scored")
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N | mps")
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description="auto: bf16 on GPU, fp32 on CPU")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="auto: bf16 on GPU, fp32 on CPU"
+    )
 
 
 class RunConfig(_Strict):
