@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import yaml
 
-from psychocounsel.cli import main
+from psychocounsel.cli import main, serve_command
 
-from conftest import write_speeches
+from conftest import SRC, write_speeches
 
 STAGES = ("ingest", "generate", "rate", "pairs")
 WINRATE_KEYS = (
@@ -134,7 +135,39 @@ def test_run_against_openai_compatible_endpoint(tmp_path):
     assert all(r["chosen_empathy_rating"] == 5 and r["rejected_empathy_rating"] == 2 for r in train)
 
 
-def test_training_stages_run_when_configured_and_are_skipped_when_done(tmp_path, tiny_lm):
+def _serves(command: str) -> None:
+    """Run the printed serve command (on a free port) until /health says ready, then stop it."""
+    import shlex
+    import socket
+    import subprocess
+    import time
+
+    import httpx
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, PYTHONPATH=SRC)
+    proc = subprocess.Popen([*shlex.split(command), "--port", str(port)], env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        for _ in range(600):
+            assert proc.poll() is None, proc.stderr.read()
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).json()["status"] == "ok":
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        else:
+            raise AssertionError("the printed serve command never became ready")
+        body = {"model": "psychocounsel", "messages": [{"role": "user", "content": "i feel sad"}], "max_tokens": 4}
+        assert httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", json=body, timeout=60).status_code == 200
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_training_stages_run_when_configured_and_are_skipped_when_done(tmp_path, tiny_lm, capsys):
     cfg_path, run = _config(tmp_path, tiny_lm), tmp_path / "run"
     cfg = yaml.safe_load(cfg_path.read_text())
     cfg["reward_model"] = {"base": str(tiny_lm), "epochs": 1, "batch_size": 4, "lr": 1e-3, "max_length": 128}
@@ -162,6 +195,9 @@ def test_training_stages_run_when_configured_and_are_skipped_when_done(tmp_path,
     }
     cfg_path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
     assert main(["run", str(cfg_path), "--run-dir", str(run), "-q"]) == 0
+    printed = capsys.readouterr().out.strip().splitlines()[-1].strip()
+    assert printed == serve_command(run) and f"--reward-model {run / 'reward_model'}" in printed
+    _serves(printed)
     stages = json.loads((run / "run.json").read_text())["stages"]
     assert {"reward_model", "dpo", "online", "eval", "report"} <= set(stages)
     result = json.loads((run / "eval" / "winrate.json").read_text())

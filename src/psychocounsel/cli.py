@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shlex
 import sys
 import warnings
 from pathlib import Path
@@ -226,6 +227,22 @@ def _locked_folder(args) -> Path | None:
     return check_dir_path(getattr(args, name), f"--{name.replace('_', '-')}") if name else None
 
 
+def serve_command(run_dir: Path) -> str | None:
+    """The command that serves a run's policy (and reward model), as this process was started:
+    ``.venv/bin/psychocounsel`` stays that, ``python -m psychocounsel`` stays that."""
+    policy, rm = Path(run_dir) / "policy", Path(run_dir) / "reward_model"
+    if not (policy / "config.json").is_file():
+        return None
+    argv0 = sys.argv[0] if sys.argv else ""
+    exe = (
+        shlex.quote(argv0) if Path(argv0).name == "psychocounsel" else f"{shlex.quote(sys.executable)} -m psychocounsel"
+    )
+    command = f"{exe} serve --policy {shlex.quote(str(policy))}"
+    if (rm / "config.json").is_file():
+        command += f" --reward-model {shlex.quote(str(rm))}"
+    return command
+
+
 def _dispatch(args) -> None:
     from . import pipeline
 
@@ -233,6 +250,11 @@ def _dispatch(args) -> None:
         COMMANDS[args.command](args)
     elif args.command == "run":
         pipeline.run(load_config(args.config), args.run_dir, args.until, config_path=str(args.config), force=args.force)
+        command = serve_command(args.run_dir)
+        if command:
+            print(
+                f"Serve the policy (OpenAI-compatible chat behind the crisis screen) and the reward model:\n  {command}"
+            )
     else:
         pipeline.run_stage(args.command, _stage_config(args), RunDir(args.run_dir), force=getattr(args, "force", False))
 

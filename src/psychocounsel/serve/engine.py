@@ -1,13 +1,15 @@
 """The policy behind ``serve``: a token-by-token decoder over a batch, fed by a dynamic batcher.
 
-Requests from many clients wait in one queue; a worker thread takes the first, waits up to
-``batch_window_ms`` for more (at most ``max_batch`` rows), and decodes them together. Each row
-keeps its own sampling settings (temperature, top_p, max_tokens, stop), its own random generator
-(seeded by the request's ``seed``, so a seeded row samples the same tokens whoever shares its
-batch, up to float rounding), and its own stream of text deltas. Finished rows leave the batch
-and its key/value cache at once, so a short answer does not pay for a long neighbour.
+Requests from many clients wait in one queue. A worker thread decodes up to ``max_batch`` rows
+together, one token per row per forward pass (continuous batching): a row that finishes leaves
+the batch and its key/value cache at once, and a waiting row joins between two steps (its prompt
+is read in one pass, its cache left-padded and stacked onto the batch's). When the worker is idle
+it waits ``batch_window_ms`` after the first arrival, so that clients arriving together start
+together. Each row keeps its own sampling settings (temperature, top_p, max_tokens, stop), its
+own random generator (seeded by the request's ``seed``: a seeded row samples the same tokens
+whoever shares its batch, up to float rounding) and its own stream of text deltas.
 
-``generate`` is HF transformers' own forward pass with a cache; nothing here is a fake model.
+The forward pass is HF transformers' own, with its cache; nothing here is a fake model.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ class Row:
     on_text: Callable[[str], None] | None = None
     cancelled: threading.Event = field(default_factory=threading.Event)
     future: Future = field(default_factory=Future)
+    started: float = 0.0  # when it was queued (perf_counter)
 
 
 @dataclass
@@ -114,23 +117,75 @@ def _token_logprobs(tok, logp, token: int, k: int) -> dict[str, Any]:
     return {**entry(token, float(logp[token])), "top_logprobs": top}
 
 
-def _sample(logits, states: list[_State]):
+def _sample(logits, states: list[_State]) -> list[int]:
     """One next token per row: greedy at temperature 0, else nucleus sampling with the row's generator."""
     import torch
 
+    temps = torch.tensor([max(st.row.temperature, 1e-6) for st in states], device=logits.device)
+    probs = torch.softmax(logits / temps[:, None], dim=-1)  # one call for the batch, not one per row
     out = []
     for i, st in enumerate(states):
         row = st.row
         if row.temperature <= 0:
             out.append(int(logits[i].argmax()))
             continue
-        probs = torch.softmax(logits[i] / row.temperature, dim=-1)
+        p = probs[i]
         if row.top_p < 1.0:
-            sorted_p, order = probs.sort(descending=True)
+            sorted_p, order = p.sort(descending=True)
             keep = sorted_p.cumsum(0) - sorted_p < row.top_p  # the smallest set reaching top_p
-            probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_p[keep])
-        out.append(int(torch.multinomial(probs, 1, generator=st.gen)))
+            p = torch.zeros_like(p).scatter(0, order[keep], sorted_p[keep])
+        out.append(int(torch.multinomial(p, 1, generator=st.gen)))
     return out
+
+
+class _Batch:
+    """Rows decoding together: their states, key/value cache, attention mask (left-padded),
+    last positions, and the token each feeds to the next pass."""
+
+    def __init__(self, states, cache, mask, positions):
+        self.states, self.cache, self.mask, self.positions = states, cache, mask, positions
+        self.feed: list[int] = []
+
+    def keep(self, index: list[int]) -> None:
+        import torch
+
+        if len(index) == len(self.states):
+            return
+        at = torch.tensor(index, dtype=torch.long, device=self.mask.device)
+        self.cache.batch_select_indices(at)
+        self.states = [self.states[i] for i in index]
+        self.mask, self.positions = self.mask[at], self.positions[at]
+        self.feed = [self.feed[i] for i in index]
+        self._trim()
+
+    def _trim(self) -> None:
+        """Drop cache columns that are padding for every row (left by rows that left)."""
+        if not self.states:
+            return
+        first = int(self.mask.argmax(dim=1).min())
+        if first > 0:
+            self.mask = self.mask[:, first:]
+            for layer in self.cache.layers:
+                layer.keys, layer.values = layer.keys[:, :, first:], layer.values[:, :, first:]
+
+    def join(self, other: _Batch) -> None:
+        """Stack ``other``'s rows under these: both caches left-padded to one length."""
+        import torch
+        import torch.nn.functional as F
+
+        width = max(self.mask.shape[1], other.mask.shape[1])
+
+        def pad(t, dim_from_end):
+            missing = width - t.shape[-dim_from_end]
+            return t if missing == 0 else F.pad(t, (0, 0) * (dim_from_end - 1) + (missing, 0))
+
+        for mine, theirs in zip(self.cache.layers, other.cache.layers):
+            mine.keys = torch.cat([pad(mine.keys, 2), pad(theirs.keys, 2)])
+            mine.values = torch.cat([pad(mine.values, 2), pad(theirs.values, 2)])
+        self.mask = torch.cat([pad(self.mask, 1), pad(other.mask, 1)])
+        self.positions = torch.cat([self.positions, other.positions])
+        self.states += other.states
+        self.feed += other.feed
 
 
 class PolicyEngine:
@@ -152,8 +207,9 @@ class PolicyEngine:
     def prompt_ids(self, messages: list[dict[str, str]]) -> list[int]:
         return self.backend.prompt_ids(messages)
 
-    def generate(self, rows: list[Row]) -> list[Sampled]:
-        """Decode ``rows`` together until each ends (end of turn, a stop string, its max_tokens)."""
+    def start(self, rows: list[Row]) -> tuple[_Batch, list[_State]]:
+        """Read the prompts of ``rows`` in one pass and sample their first tokens: a batch of the
+        rows still going, and the states of those already done."""
         import torch
 
         states = [_State(r, self.tok, self.device) for r in rows]
@@ -165,45 +221,62 @@ class PolicyEngine:
             mask[i, width - len(r.prompt_ids) :] = 1
         ids, mask = ids.to(self.device), mask.to(self.device)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        live = list(range(len(rows)))  # indices into states of the rows still in the batch
-        cache = None
+        batch = _Batch(states, None, mask, positions[:, -1:])
+        return batch, self._advance(batch, self._forward(ids, mask, positions, None, batch))
+
+    def step(self, batch: _Batch) -> list[_State]:
+        """One token for every row of ``batch``; returns the states that finished (and left it)."""
+        import torch
+
+        batch.mask = torch.cat([batch.mask, torch.ones_like(batch.mask[:, :1])], dim=1)
+        batch.positions = batch.positions + 1
+        ids = torch.tensor(batch.feed, device=self.device)[:, None]
+        return self._advance(batch, self._forward(ids, batch.mask, batch.positions, batch.cache, batch))
+
+    def _forward(self, ids, mask, positions, cache, batch: _Batch):
+        import torch
+
         with torch.inference_mode():
-            while live:
-                # logits_to_keep=1: the prompt's other positions need no vocabulary projection.
-                out = self.lm(
-                    input_ids=ids,
-                    attention_mask=mask,
-                    position_ids=positions,
-                    cache=cache,
-                    use_cache=True,
-                    logits_to_keep=1,
-                )
-                cache = out.cache
-                logits = out.logits[:, -1, :].float()
-                batch = [states[i] for i in live]
-                tokens = _sample(logits, batch)
-                for j, (st, token) in enumerate(zip(batch, tokens)):
-                    lp = None
-                    if st.logprobs is not None:
-                        lp = _token_logprobs(self.tok, torch.log_softmax(logits[j], -1), token, st.row.top_logprobs)
-                    st.add(token, self.eos, lp)
-                keep = [j for j, st in enumerate(batch) if st.finish is None]
-                if len(keep) < len(batch):
-                    if not keep:
-                        break
-                    index = torch.tensor(keep, device=self.device)
-                    cache.batch_select_indices(index)
-                    mask, positions = mask[index], positions[index]
-                    tokens = [tokens[j] for j in keep]
-                    live = [live[j] for j in keep]
-                ids = torch.tensor(tokens, device=self.device)[:, None]
-                mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-                positions = positions[:, -1:] + 1
-        return [st.result() for st in states]
+            # logits_to_keep=1: the prompt's other positions need no vocabulary projection.
+            out = self.lm(
+                input_ids=ids,
+                attention_mask=mask,
+                position_ids=positions,
+                cache=cache,
+                use_cache=True,
+                logits_to_keep=1,
+            )
+        batch.cache = out.cache
+        return out.logits[:, -1, :].float()
+
+    def _advance(self, batch: _Batch, logits) -> list[_State]:
+        import torch
+
+        tokens = _sample(logits, batch.states)
+        for j, (st, token) in enumerate(zip(batch.states, tokens)):
+            lp = None
+            if st.logprobs is not None:
+                lp = _token_logprobs(self.tok, torch.log_softmax(logits[j], -1), token, st.row.top_logprobs)
+            st.add(token, self.eos, lp)
+        batch.feed = tokens
+        done = [st for st in batch.states if st.finish is not None]
+        batch.keep([j for j, st in enumerate(batch.states) if st.finish is None])
+        return done
+
+    def generate(self, rows: list[Row]) -> list[Sampled]:
+        """Decode ``rows`` together until each ends (end of turn, a stop string, its max_tokens)."""
+        states = {id(r): None for r in rows}
+        batch, done = self.start(rows)
+        while True:
+            for st in done:
+                states[id(st.row)] = st.result()
+            if not batch.states:
+                return [states[id(r)] for r in rows]
+            done = self.step(batch)
 
 
 class Batcher:
-    """Collects rows from many callers into batches for one :class:`PolicyEngine`, in a worker thread.
+    """Feeds one :class:`PolicyEngine` from many callers, in a worker thread (continuous batching).
 
     ``pending`` counts rows queued or being decoded; the server refuses new work (429) beyond its limit.
     """
@@ -212,10 +285,11 @@ class Batcher:
         self.engine, self.max_batch, self.window_s = engine, max_batch, window_s
         self._queue: queue.Queue[Row | None] = queue.Queue()
         self._lock = threading.Lock()
+        self._closing = False
         self.pending = 0
-        self.batches = 0
+        self.batches = 0  # prompt passes that started rows; fewer than rows when requests share them
         self.rows_done = 0
-        self.batch_seconds = 1.0  # a moving average of how long a batch takes: the 429's Retry-After
+        self.row_seconds = 2.0  # a moving average of a row's decoding time: the 429's Retry-After
         self._thread = threading.Thread(target=self._work, name="psychocounsel-batcher", daemon=True)
         self._thread.start()
 
@@ -223,51 +297,72 @@ class Batcher:
         with self._lock:
             self.pending += len(rows)
         for r in rows:
+            r.started = time.perf_counter()
             self._queue.put(r)
         return [r.future for r in rows]
 
     def close(self) -> None:
+        self._closing = True
         self._queue.put(None)
         self._thread.join(timeout=5)
 
-    def _collect(self) -> list[Row] | None:
-        first = self._queue.get()
-        if first is None:
-            return None
-        batch = [first]
-        deadline = time.monotonic() + self.window_s
-        while len(batch) < self.max_batch:
+    def _take(self, room: int, wait: bool) -> list[Row]:
+        """Up to ``room`` queued rows; when ``wait`` (nothing decoding) block for the first, then
+        give others ``window_s`` to arrive. Rows cancelled while queued are dropped here."""
+        rows: list[Row] = []
+        deadline = None
+        while len(rows) < room:
             try:
-                item = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+                if wait and not rows:
+                    item = self._queue.get()
+                    deadline = time.monotonic() + self.window_s
+                elif deadline is not None:
+                    item = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+                else:
+                    item = self._queue.get_nowait()
             except queue.Empty:
                 break
             if item is None:
-                self._queue.put(None)
                 break
-            batch.append(item)
-        return batch
+            if item.cancelled.is_set():
+                item.future.cancel()
+                self._finish(item, None)
+                continue
+            rows.append(item)
+        return rows
+
+    def _finish(self, row: Row, result: Sampled | None) -> None:
+        if result is not None and not row.future.cancelled():
+            row.future.set_result(result)
+        with self._lock:
+            self.pending -= 1
+            self.rows_done += 1
+            if result is not None:
+                self.row_seconds = 0.9 * self.row_seconds + 0.1 * (time.perf_counter() - row.started)
 
     def _work(self) -> None:
-        while (batch := self._collect()) is not None:
-            live = [r for r in batch if not r.cancelled.is_set()]
-            for r in batch:
-                if r.cancelled.is_set():
-                    r.future.cancel()
-            start = time.perf_counter()
+        batch: _Batch | None = None
+        while not self._closing:
+            live = batch.states if batch else []
+            rows = []
             try:
-                results = self.engine.generate(live) if live else []
-                for r, res in zip(live, results):
-                    if not r.future.cancelled():
-                        r.future.set_result(res)
-            except Exception as e:  # noqa: BLE001 - a failed batch fails its rows, never the worker
-                log.error("generation failed for a batch of %d rows: %s", len(live), type(e).__name__)
-                for r in live:
+                rows = self._take(self.max_batch - len(live), wait=not live)
+                done: list[_State] = []
+                if rows:
+                    newcomers, done = self.engine.start(rows)
+                    self.batches += 1
+                    if batch is None or not batch.states:
+                        batch = newcomers
+                    elif newcomers.states:
+                        batch.join(newcomers)
+                if batch is not None and batch.states:
+                    done += self.engine.step(batch)
+                for st in done:
+                    self._finish(st.row, st.result())
+            except Exception as e:  # noqa: BLE001 - a failed pass fails its rows, never the worker
+                log.error("generation failed for %d rows: %s", len(live) + len(rows), type(e).__name__)
+                for r in [st.row for st in live] + rows:
                     if not r.future.done():
                         r.future.set_exception(e)
-            finally:
-                with self._lock:
-                    if live:
-                        self.batch_seconds = 0.8 * self.batch_seconds + 0.2 * (time.perf_counter() - start)
-                    self.pending -= len(batch)
-                    self.batches += 1
-                    self.rows_done += len(batch)
+                        self._finish(r, None)
+                batch = None

@@ -129,7 +129,7 @@ class Service:
             raise ApiError(400, f"n x best_of is {rows}; this server takes at most {self.cfg.max_queue} per request")
         pending = self.batcher.pending
         if pending + rows > self.cfg.max_queue:
-            wait = (pending / self.cfg.max_batch + 1) * self.batcher.batch_seconds
+            wait = (pending / self.cfg.max_batch) * self.batcher.row_seconds
             raise ApiError(
                 429, "the server is busy; retry after the Retry-After seconds", "rate_limit_error", headers=_after(wait)
             )
