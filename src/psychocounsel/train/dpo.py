@@ -219,6 +219,13 @@ reward margin {_fmt(summary["reward_margin_last"])}, reward accuracy {_fmt(summa
 These are training-batch numbers; judge the model on held-out pairs and by win rate before use.
 The full log is `train_log.json`.
 
+## Serving
+
+`psychocounsel serve --policy THIS_FOLDER [--reward-model RM_FOLDER]` serves it as an
+OpenAI-compatible chat endpoint behind psychocounsel's crisis screen: a crisis message is
+answered with crisis resources, not by the model. Served any other way (vLLM, transformers), it
+has no such screen in front of it.
+
 {MODEL_INTENDED_USE}
 """
     (out / "README.md").write_text(text, encoding="utf-8")

@@ -173,6 +173,12 @@ AUC and ECE treat sigmoid(r_chosen - r_rejected) as P(chosen preferred), each pa
 both orders. For scale, the paper's 3B reward model: 0.981 / 0.997 / 0.050 / 0.014 on 2,324 pairs.
 A margin-trained model pushes differences past the margin, so its sigmoid is over-confident (ECE).
 
+## Serving
+
+`psychocounsel serve --policy POLICY --reward-model THIS_FOLDER` adds `POST /get_reward`
+(OpenRLHF's remote reward shape: `{{"query": [...]}}` to `{{"rewards": [...]}}`), `POST /v1/score`
+and best-of-n answers. The rewards are those of `psychocounsel eval-rm` for the same pairs.
+
 {INTENDED_USE}
 """
     (out / "README.md").write_text(text, encoding="utf-8")
