@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 RUN_DIR ?= runs/quickstart
 PIP := $(BIN)/python -m pip --disable-pip-version-check -q
 
-.PHONY: setup dev quickstart test lint screen-weights judge-weights bench-screen bench-judges clean
+.PHONY: setup dev quickstart serve test lint screen-weights judge-weights bench-screen bench-judges bench-serve clean
 
 # Shared, idempotent install: reruns only when pyproject.toml changes.
 setup: $(VENV)/.setup-done
@@ -28,6 +28,10 @@ $(VENV)/.dev-done: pyproject.toml
 # Batched generation uses both cores: 133 tokens/s with 2 threads vs 109 with 1 (measured here).
 quickstart: setup
 	$(BIN)/psychocounsel run configs/quickstart.yaml --run-dir $(RUN_DIR)
+
+# The quickstart's policy and reward model over HTTP on 127.0.0.1:8000 (see README, "Serving").
+serve: setup
+	$(BIN)/psychocounsel serve --policy $(RUN_DIR)/policy --reward-model $(RUN_DIR)/reward_model
 
 # Lint and format check first (seconds), then the tests. Tests run tiny models, for which one
 # thread is fastest and steadiest on 2 cores.
@@ -52,6 +56,10 @@ judge-weights: dev
 # Offline judges against human labels on the rater's held-out speeches, with the length columns.
 bench-judges: dev
 	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/judge_agreement.py --judges similarity,rater,minilm
+
+# serve's batching speed-up and a bounded load test, on the quickstart's models (about 4 minutes).
+bench-serve: dev
+	$(BIN)/python benchmarks/serve_bench.py --policy $(RUN_DIR)/policy --reward-model $(RUN_DIR)/reward_model
 
 bench-screen: dev
 	OMP_NUM_THREADS=2 $(BIN)/python benchmarks/crisis_screen.py --out benchmarks/results/crisis_screen.json

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from . import __version__
 from .config import (
+    AnnotateConfig,
     BackendConfig,
     DPOConfig,
     DPOStageConfig,
@@ -70,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     _screen_parser(sub)
     _train_judge_parser(sub)
     _serve_parser(sub)
+    _annotate_parser(sub)
     return parser
 
 
@@ -120,6 +122,57 @@ def _serve_parser(sub) -> None:
     p.add_argument("--policy", required=True, help=ServeConfig.model_fields["policy"].description)
     add_flags(p, ServeConfig, skip=("policy",))
     _quiet(p)
+
+
+def _annotate_parser(sub) -> None:
+    p = sub.add_parser(
+        "annotate",
+        help="counselors label pairs on a local web page; agreement with each other, the data and the judges",
+        description="Validate a data set and its judge with counselors, start to end: `annotate serve` (label "
+        "pairs on a local page), `annotate stats` (agreement: kappas, alpha, vs the data set's labels and "
+        "judges), `annotate import` (the labels as a file for eval-judge and train-judge), `annotate export`.",
+    )
+    actions = p.add_subparsers(dest="annotate_command", required=True, metavar="ACTION")
+    a = actions.add_parser(
+        "serve",
+        help="the annotation page for --pairs, answers stored in --db",
+        description="Serve a page that shows each annotator a client speech and two replies in a blinded order "
+        "of their own (no model names, no scores) and asks which is better (1/2/3, arrows to move), "
+        "optionally a 1-5 score per principle, a comment and a flag for discussion. Every answer is written "
+        "to --db at once; signing in again resumes. New annotators' tokens are printed once.",
+    )
+    a.add_argument("--pairs", required=True, help=AnnotateConfig.model_fields["pairs"].description)
+    add_flags(a, AnnotateConfig, skip=("pairs",))
+    _quiet(a)
+    db_help = "the annotation database"
+    a = actions.add_parser("export", help="every answer as JSONL or CSV (ids, labels, scores, comments; no text)")
+    a.add_argument("--db", required=True, type=Path, help=db_help)
+    a.add_argument("--out", required=True, type=Path, help="a .jsonl or .csv file")
+    _quiet(a)
+    a = actions.add_parser(
+        "stats",
+        help="agreement between annotators, with the data set's labels and with judges, with bootstrap CIs",
+        description="Percent agreement and Cohen's kappa between each two annotators, Fleiss' kappa over all, "
+        "Krippendorff's ordinal alpha of the principle scores, each annotator's agreement with the data set's "
+        "labels and with each --judge's verdicts (both orders, as eval-judge), on all pairs and on the "
+        "length-robust ones; 95%% bootstrap CIs over pairs. Prints JSON.",
+    )
+    a.add_argument("--db", required=True, type=Path, help=db_help)
+    a.add_argument(
+        "--judge", action="append", help="a judge spec as eval-judge takes (rater, minilm, openai:..., rm:PATH); repeat"
+    )
+    a.add_argument("--judge-mode", choices=["json", "logprob"], default="json", help="LLM judge mode (default json)")
+    a.add_argument("--out", type=Path, help="also write the JSON here")
+    a.add_argument("--run-dir", type=Path, help="write RUN/annotation_stats.json for the run's report")
+    a.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default 0)")
+    _quiet(a)
+    a = actions.add_parser(
+        "import",
+        help="the annotators' consensus as a labelled-pairs file for eval-judge and train-judge --annotations",
+    )
+    a.add_argument("--db", required=True, type=Path, help=db_help)
+    a.add_argument("--out", required=True, type=Path, help="labelled pairs to write (.jsonl)")
+    _quiet(a)
 
 
 def _stage_parsers(sub) -> None:

@@ -14,6 +14,7 @@ from pydantic import ValidationError
 
 from .arguments import build_parser, judge_config
 from .config import (
+    AnnotateConfig,
     BackendConfig,
     DPOConfig,
     DPOStageConfig,
@@ -197,6 +198,37 @@ def _serve(args) -> None:
     serve(cfg)
 
 
+def _annotate(args) -> None:
+    from . import annotate
+    from .annotate import dataset
+    from .store import write_json
+
+    if args.annotate_command == "serve":
+        try:
+            cfg = AnnotateConfig(pairs=args.pairs, **given(args, AnnotateConfig, skip=("pairs",)))
+        except ValidationError as e:
+            raise UserError(format_validation_error(e, "command line")) from None
+        annotate.serve(cfg)
+        return
+    store = dataset.open_store(args.db)
+    try:
+        if args.annotate_command == "export":
+            print(json.dumps({"rows": dataset.export(store, check_file_path(args.out))}))
+        elif args.annotate_command == "import":
+            print(json.dumps(dataset.import_labels(store, check_file_path(args.out))))
+        else:
+            from .annotate.agreement import annotation_stats
+
+            result = annotation_stats(store, args.judge, args.judge_mode, seed=args.seed)
+            if args.out:
+                write_json(check_file_path(args.out), result)
+            if args.run_dir:
+                write_json(check_dir_path(args.run_dir, "--run-dir") / "annotation_stats.json", result)
+            print(json.dumps(result))
+    finally:
+        store.close()
+
+
 def _report(args) -> None:
     from .report import write_report
 
@@ -218,6 +250,7 @@ COMMANDS = {
     "screen": _screen,
     "train-judge": _train_judge,
     "serve": _serve,
+    "annotate": _annotate,
 }
 WRITES = {"train-rm": "out", "train-dpo": "out", "train-online": "out", "eval-winrate": "out", "report": "run_dir"}
 

@@ -418,6 +418,21 @@ class ServeConfig(_Strict):
     )
 
 
+class AnnotateConfig(_Strict):
+    """psychocounsel annotate serve: counselors label preference pairs on a local web page."""
+
+    pairs: str = Field(description="pairs file (JSONL, CSV, Parquet), a run's pairs/ folder or the run directory")
+    db: Path = Field(Path("annotations.sqlite"), description="the annotation database (created on first use)")
+    annotators: str | None = Field(None, description="comma-separated names; each new one is given a token")
+    reissue_tokens: bool = Field(False, description="give the named annotators new tokens (the old ones stop working)")
+    principles: bool = Field(False, description="also ask for a 1-5 score per principle")
+    split: Literal["train", "test"] = Field("train", description="which split of a pairs folder or run to annotate")
+    sample: int | None = Field(None, ge=1, description="annotate a random sample of this many pairs")
+    seed: int = Field(0, description="seed of the sample, each annotator's order and the blinded sides")
+    host: str = Field("127.0.0.1", description="address to bind (loopback unless you mean otherwise)")
+    port: int = Field(8765, ge=1, le=65535, description="port")
+
+
 class RunConfig(_Strict):
     ingest: IngestConfig = Field(default_factory=IngestConfig)
     generate: GenerateConfig = Field(default_factory=GenerateConfig)

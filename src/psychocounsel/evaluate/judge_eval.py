@@ -192,6 +192,19 @@ def _failure(verdicts: tuple[Any, Any]) -> str | None:
     return "; ".join(reasons) or None
 
 
+def pair_verdicts(judge, rows: list[dict]) -> list[str | None]:
+    """The judge's verdict on each row in form (b) (prompt, response_a, response_b), both orders
+    combined as ``evaluate_judge`` combines them: A, B or tie; None where the judge failed."""
+    out: list[str | None] = []
+    for verdicts in _judge_both_orders(judge, rows):
+        if _failure(verdicts):
+            out.append(None)
+            continue
+        first, second = AS_SIDE[0][verdicts[0].overall], AS_SIDE[1][verdicts[1].overall]
+        out.append(_FROM_POLICY[combine_orders(first, second)])
+    return out
+
+
 def longer_side(chars_a: int, chars_b: int) -> str:
     """The verdict of the "longer wins" baseline: the longer reply, a tie at equal length.
 

@@ -15,6 +15,7 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 from . import schemas
@@ -22,6 +23,20 @@ from .engine import Row, Sampled
 from .service import ApiError, Service
 
 log = logging.getLogger("psychocounsel.serve")
+
+
+@dataclass
+class _Stream:
+    """One streamed answer in the making."""
+
+    rid: str
+    created: int
+    start: float
+    decision: Any
+    prompt: list[int]
+    rows: list[Row]
+    queue: asyncio.Queue
+    incremental: bool  # deltas as they come; False for best-of, which streams the winner once chosen
 
 
 def _sse(data: dict | str) -> str:
@@ -149,10 +164,12 @@ class Completions:
         rows = [] if decision.level == "crisis" else self._rows(req, prompt, k, sinks if incremental else None)
         if rows:
             self.service.admit(k)
-        return self._events(req, rid, created, start, decision, prompt, rows, queue, incremental)
+        return self._events(req, _Stream(rid, created, start, decision, prompt, rows, queue, incremental))
 
-    async def _events(self, req, rid, created, start, decision, prompt, rows, queue, incremental):
+    async def _events(self, req: schemas.ChatCompletionRequest, st: _Stream):
         model, n = self.cfg.model_name, req.n
+        rid, created, start, decision, prompt = st.rid, st.created, st.start, st.decision, st.prompt
+        rows, queue, incremental = st.rows, st.queue, st.incremental
 
         def chunk(choices, **extra):
             return _sse(schemas.chunk_body(rid, model, created, choices, **extra))
