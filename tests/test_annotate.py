@@ -240,10 +240,19 @@ def test_export_import_and_stats_from_the_command_line(page, tmp_path, capsys):
     labelled = load_labelled_pairs(tmp_path / "labelled.jsonl")  # what eval-judge reads
     assert len(labelled) == 5 and {r["label"] for r in labelled} == {"A"}
     capsys.readouterr()
-    assert main(["annotate", "stats", "--db", db, "--run-dir", str(tmp_path / "run")]) == 0
+    assert main(["annotate", "stats", "--db", db, "--run-dir", str(tmp_path / "run"), "--judge", "rater"]) == 0
     stats = json.loads(capsys.readouterr().out)
     assert stats["answers_per_annotator"] == {"ana": 5, "ben": 5} and stats["pairs"] == 5
+    assert stats["pairwise"]["ana|ben"]["agreement"] == 1.0 and stats["vs_reference"]["ana"]["agreement"] == 1.0
+    judged = stats["vs_judges"]["rater"]["annotators_majority"]
+    assert judged["n"] >= 4 and 0.0 <= judged["agreement"] <= 1.0  # the rater judged (almost) every pair
+    robust = sum(len(p["chosen"]) <= len(p["rejected"]) for p in PAIRS)
+    assert stats["length_robust_pairs"] == robust and stats["length_robust"]["vs_reference"]["ana"]["n"] == robust
     assert json.loads((tmp_path / "run" / "annotation_stats.json").read_text()) == stats
+    from psychocounsel.report import write_report
+
+    html = write_report(tmp_path / "run").read_text()
+    assert "<h2>Annotators</h2>" in html and "ana &amp; ben: kappa" in html
 
 
 def test_consensus_skips_pairs_the_annotators_split_on(page):

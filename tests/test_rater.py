@@ -243,6 +243,37 @@ def test_train_judge_end_to_end_on_tiny_data(tmp_path):
     assert all(1 <= v <= 5 for v in ratings[0].scores.values())
 
 
+def test_train_judge_takes_counselors_annotations(tmp_path):
+    """`annotate import`'s file joins training (its train part) and is measured (dev, test)."""
+    from psychocounsel.judge.rater_data import Table, annotation_pairs
+
+    rows = [
+        {
+            "prompt": f"Client {i}: I feel {w} since the move.",
+            "response_a": f"You feel {w}; that is hard.",
+            "response_b": "Cheer up.",
+            "label": lab,
+        }
+        for i, (w, lab) in enumerate([("lost", "A"), ("alone", "B"), ("tired", "tie")] * 20)
+    ]
+    path = tmp_path / "labelled.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    table = Table()
+    pairs = annotation_pairs(path, table, seed=0)
+    assert sum(len(v) for v in pairs.values()) == 40 and all(pairs.values())  # ties left out; every split used
+    b_row = next(p for ps in pairs.values() for p in ps if table.rows[p["worse"]][1].startswith("You feel alone"))
+    assert table.rows[b_row["better"]][1] == "Cheer up."  # label B: response_b is the better one
+    data = _tiny_data(tmp_path / "data")
+    cfg = TrainJudgeConfig(data=data, out=tmp_path / "w.safetensors", steps=5, epitome_pairs=20, reddit_posts=10)
+    report = train(cfg.model_copy(update={"annotations": path}))
+    assert report["test"]["annotations"]["n"] == len(pairs["test"])
+    (tmp_path / "bad.jsonl").write_text(
+        json.dumps({"prompt": "x", "response_a": "a", "response_b": "b", "label": "C"}) + "\n"
+    )
+    with pytest.raises(UserError, match="not A, B or tie"):
+        annotation_pairs(tmp_path / "bad.jsonl", Table(), 0)
+
+
 def test_train_judge_cli_refuses_a_missing_data_folder(tmp_path):
     proc = run_cli("train-judge", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "w.safetensors"))
     assert proc.returncode == 2 and "Traceback" not in proc.stderr

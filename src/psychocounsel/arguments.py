@@ -38,7 +38,8 @@ EPILOG = """\
 stages: ingest -> generate -> rate -> pairs [-> reward_model -> dpo -> online -> eval] -> report.
 Each reads and writes the run directory (--run-dir); `run` chains them. Rerunning resumes and
 skips finished work. train-*, eval-* and report also run on their own; screen runs the crisis
-screen on any file of texts; serve puts a trained policy and reward model behind HTTP.
+screen on any file of texts; serve puts a trained policy and reward model behind HTTP;
+annotate lets counselors label pairs and measures their agreement with the data and the judges.
 Example: psychocounsel run configs/quickstart.yaml --run-dir runs/quickstart"""
 
 

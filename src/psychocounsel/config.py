@@ -373,6 +373,10 @@ class TrainJudgeConfig(_Strict):
     )
     out: Path | None = Field(None, description="weights file to write (default: the packaged rater_head.safetensors)")
     cache: Path | None = Field(None, description="feature cache (.npz) so that a rerun only embeds new rows")
+    annotations: Path | None = Field(
+        None,
+        description="counselors' labelled pairs (from `annotate import`), added to training and measured on dev/test",
+    )
     seed: int = Field(0, description="seed of the split, the pair sampling and the heads")
     reddit_posts: int = Field(1500, ge=0, description="Reddit support-forum posts used as contrastive speeches")
     epitome_pairs: int = Field(

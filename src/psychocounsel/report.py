@@ -278,6 +278,67 @@ def _figures(data: RunData, png_dir: Path) -> str:
     return "\n".join(parts)
 
 
+def _with_ci(stat: dict | None, key: str) -> str:
+    if not stat or stat.get(key) is None:
+        return "-"
+    lo, hi = stat.get(f"{key}_ci") or (None, None)
+    return f"{stat[key]:.2f} [{_fmt(lo, '.2f')}, {_fmt(hi, '.2f')}] (n {stat['n']})"
+
+
+def _annotations(root: Path) -> str:
+    """Counselors' agreement (``annotate stats --run-dir``): with each other, the data set's
+    labels and the judges; all pairs and the length-robust ones. Absent: nothing is shown."""
+    stats = _json(root / "annotation_stats.json")
+    if not stats:
+        return ""
+    robust = stats.get("length_robust") or {}
+    rows = []
+    for name, stat in (stats.get("pairwise") or {}).items():
+        rows.append(
+            [
+                f"{name.replace('|', ' & ')}: kappa",
+                _with_ci(stat, "kappa"),
+                _with_ci((robust.get("pairwise") or {}).get(name), "kappa"),
+            ]
+        )
+    if stats.get("fleiss"):
+        rows.append(
+            [
+                "all annotators: Fleiss' kappa",
+                _with_ci(stats["fleiss"], "kappa"),
+                _with_ci(robust.get("fleiss"), "kappa"),
+            ]
+        )
+    for name, stat in (stats.get("vs_reference") or {}).items():
+        rows.append(
+            [
+                f"{name} with the data set's label",
+                _with_ci(stat, "agreement"),
+                _with_ci((robust.get("vs_reference") or {}).get(name), "agreement"),
+            ]
+        )
+    for judge, by in (stats.get("vs_judges") or {}).items():
+        theirs = (robust.get("vs_judges") or {}).get(judge) or {}
+        rows.append(
+            [
+                f"{judge} with the annotators' majority",
+                _with_ci(by.get("annotators_majority"), "agreement"),
+                _with_ci(theirs.get("annotators_majority"), "agreement"),
+            ]
+        )
+    for key, stat in (stats.get("alpha") or {}).items():
+        rows.append(
+            [
+                f"{key}: Krippendorff's ordinal alpha",
+                _with_ci(stat, "alpha"),
+                _with_ci((robust.get("alpha") or {}).get(key), "alpha"),
+            ]
+        )
+    answers = ", ".join(f"{k} {v}" for k, v in (stats.get("answers_per_annotator") or {}).items())
+    head = f"<p>{stats.get('pairs')} pairs; answers: {html.escape(answers)}; flagged for discussion: {stats.get('flagged')}.</p>"
+    return f"<h2>Annotators</h2>{head}" + _table(["statistic", "all pairs [95% CI]", "length-robust pairs"], rows)
+
+
 def _footer() -> str:
     title, _, text = intended_use(LIMITS).partition("\n\n")
     body = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", html.escape(" ".join(text.split())))
@@ -302,6 +363,7 @@ def write_report(run_dir: Path, out: Path | None = None) -> Path:
 <h2>Headline</h2>{_headline(data)}
 <h2>Figures</h2>{_figures(data, png_dir)}
 <h2>Stages</h2>{_stages(data)}
+{_annotations(Path(run_dir))}
 {_footer()}
 </main></body></html>
 """

@@ -227,12 +227,38 @@ def build_data(cfg: TrainJudgeConfig) -> tuple[Table, dict]:
         pairs, rows = contrastive_pairs(part, table, cfg.seed)
         contrast_rows += [dict(r, split=split) for r in rows]
         (train_pairs if split == "train" else eval_pairs[split]).extend(pairs)
+    if cfg.annotations is not None:  # counselors' own labels: trained on and measured like the rest
+        for split, pairs in annotation_pairs(cfg.annotations, table, cfg.seed).items():
+            (train_pairs if split == "train" else eval_pairs[split]).extend(pairs)
     return table, {
         "epitome": epitome,
         "train_pairs": train_pairs,
         "eval_pairs": eval_pairs,
         "contrastive": contrast_rows,
     }
+
+
+def annotation_pairs(path: Path, table: Table, seed: int) -> dict[str, list[dict]]:
+    """Counselors' labels (``annotate import``: prompt, response_a, response_b, label A or B;
+    ties carry no order and are left out) as overall pairs, by split of their speech."""
+    from ..pairs_io import read_table_file
+
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise UserError(f"--annotations {path}: no such file (write it with `psychocounsel annotate import`)")
+    out: dict[str, list[dict]] = {"train": [], "dev": [], "test": []}
+    for n, r in enumerate(read_table_file(path), 1):
+        if not all(isinstance(r.get(k), str) and r[k].strip() for k in ("prompt", "response_a", "response_b")):
+            raise UserError(f"--annotations {path}: row {n} lacks prompt, response_a or response_b text")
+        if r.get("label") not in ("A", "B", "tie"):
+            raise UserError(f"--annotations {path}: row {n} has label {str(r.get('label'))[:10]!r}, not A, B or tie")
+        if r["label"] == "tie":
+            continue
+        a, b = table.add(r["prompt"], r["response_a"]), table.add(r["prompt"], r["response_b"])
+        better, worse = (a, b) if r["label"] == "A" else (b, a)
+        key = "annotation:" + hashlib.sha256(r["prompt"].encode("utf-8")).hexdigest()[:16]
+        out[split_of(key, seed)].append(_pair(better, worse, [], True, "annotations"))
+    return out
 
 
 def data_hash(table: Table) -> str:

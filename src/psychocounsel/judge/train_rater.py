@@ -160,6 +160,7 @@ def evaluate(scores: np.ndarray, lengths: np.ndarray, data: dict, split: str) ->
         ("counselchat-upvotes", upvotes),
         ("counselchat-upvotes-matched", matched),
         ("counselchat-relevance", [p for p in data["eval_pairs"][split] if p["source"] == "counselchat-relevance"]),
+        ("annotations", [p for p in data["eval_pairs"][split] if p["source"] == "annotations"]),
     ):
         if ps:
             b, w = np.array([p["better"] for p in ps]), np.array([p["worse"] for p in ps])
