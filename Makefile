@@ -36,7 +36,7 @@ serve: setup
 # Lint and format check first (seconds), then the tests. Tests run tiny models, for which one
 # thread is fastest and steadiest on 2 cores.
 test: dev lint
-	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -rs  # -rs: say why a test skipped (e.g. no chromium)
 
 lint: dev
 	$(BIN)/ruff check src tests benchmarks

@@ -9,7 +9,8 @@ Starts ``psychocounsel serve`` as a real process on 127.0.0.1 (loopback only), t
    streamed chats, crisis messages, malformed bodies and (with a reward model) /get_reward; it
    stops by itself when every request is answered. More clients than the server queues
    (``--clients`` 96 against ``max_queue`` 64) so that it saturates: a refused client waits the
-   429's Retry-After and tries again (at most 5 times), as a polite client does. Reports the 429s,
+   429's Retry-After (plus up to 1 s of jitter) and tries again, up to 20 times, as a polite
+   client does. Reports the 429s,
    the final status counts, p50/p95 latency of the successful chats (waits included), and fails
    (exit 1) on any 5xx.
 
@@ -37,6 +38,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEECHES = ROOT / "configs" / "quickstart_eval_speeches.jsonl"
+RETRIES = 20  # a refused client tries again this often, after each 429's Retry-After
 CRISIS = "I wrote my goodbye letters and I have the pills saved up. I am going to take them all tonight."
 
 
@@ -149,12 +151,13 @@ async def load_test(url: str, plan: list, clients: int) -> dict:
         return await c.post(f"{url}{path}", json=body)
 
     async def one(c: httpx.AsyncClient, kind: str, path: str, body) -> int:
-        for _ in range(5):
+        jitter = random.Random(len(results))
+        for _ in range(RETRIES):
             r = await once(c, kind, path, body)
             if r.status_code != 429:
                 return r.status_code
             refused.append(int(r.headers["Retry-After"]))
-            await asyncio.sleep(int(r.headers["Retry-After"]))
+            await asyncio.sleep(int(r.headers["Retry-After"]) + jitter.random())  # jitter, as polite clients do
         return r.status_code
 
     async def client(c: httpx.AsyncClient):

@@ -352,7 +352,12 @@ def test_the_page_end_to_end_in_chromium(page, tmp_path):
         _screenshot(tab, tmp_path / "annotate_escaped.png")
         browser.close()
     assert alerts == []
+    assert main(["annotate", "export", "--db", str(store.path), "--out", str(tmp_path / "export.jsonl"), "-q"]) == 0
+    exported = [json.loads(line) for line in (tmp_path / "export.jsonl").read_text().splitlines()]
     labels = {a["pair_id"]: a for a in store.all_answers() if a["annotator"] == "ana"}
+    assert {(r["pair_id"], r["label"], r["flagged"]) for r in exported} == {
+        (p, a["label"], a["flagged"]) for p, a in labels.items()
+    }
     order = store.order("ana")
     first = [store.chosen_first("ana", it.pair_id) for it in order]
     assert labels[order[0].pair_id]["label"] == ("chosen" if first[0] else "rejected")  # clicked reply 1

@@ -495,6 +495,7 @@ def test_cors_is_off_by_default(server):
 # -- the project's own openai backend and judges through the server ----------------------------
 
 
+@pytest.mark.slow
 def test_the_projects_openai_backend_generates_and_judges_through_the_server(smollm, tmp_path):
     from psychocounsel.backends import ChatRequest, load_backend
     from psychocounsel.cli import main

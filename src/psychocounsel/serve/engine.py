@@ -42,7 +42,7 @@ class Row:
     on_text: Callable[[str], None] | None = None
     cancelled: threading.Event = field(default_factory=threading.Event)
     future: Future = field(default_factory=Future)
-    started: float = 0.0  # when it was queued (perf_counter)
+    started: float = 0.0  # when it joined a batch (perf_counter)
 
 
 @dataclass
@@ -289,7 +289,7 @@ class Batcher:
         self.pending = 0
         self.batches = 0  # prompt passes that started rows; fewer than rows when requests share them
         self.rows_done = 0
-        self.row_seconds = 2.0  # a moving average of a row's decoding time: the 429's Retry-After
+        self.row_seconds = 2.0  # a moving average of a row's decoding time (from joining a batch): Retry-After
         self._thread = threading.Thread(target=self._work, name="psychocounsel-batcher", daemon=True)
         self._thread.start()
 
@@ -297,7 +297,6 @@ class Batcher:
         with self._lock:
             self.pending += len(rows)
         for r in rows:
-            r.started = time.perf_counter()
             self._queue.put(r)
         return [r.future for r in rows]
 
@@ -328,6 +327,7 @@ class Batcher:
                 item.future.cancel()
                 self._finish(item, None)
                 continue
+            item.started = time.perf_counter()
             rows.append(item)
         return rows
 

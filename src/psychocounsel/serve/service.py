@@ -127,9 +127,10 @@ class Service:
         """Refuse (429) work that would queue more than ``max_queue`` sequences."""
         if rows > self.cfg.max_queue:
             raise ApiError(400, f"n x best_of is {rows}; this server takes at most {self.cfg.max_queue} per request")
-        pending = self.batcher.pending
-        if pending + rows > self.cfg.max_queue:
-            wait = (pending / self.cfg.max_batch) * self.batcher.row_seconds
+        over = self.batcher.pending + rows - self.cfg.max_queue
+        if over > 0:
+            # Rows finish at about max_batch per row_seconds: the time until `over` places free up.
+            wait = over * self.batcher.row_seconds / self.cfg.max_batch
             raise ApiError(
                 429, "the server is busy; retry after the Retry-After seconds", "rate_limit_error", headers=_after(wait)
             )
