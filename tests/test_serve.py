@@ -464,12 +464,26 @@ def test_saturation_is_429_with_retry_after_and_never_5xx(server):
 
     statuses = [r.status_code for r in asyncio.run(flood())]  # 24 sequences against a queue of 8
     assert 429 in statuses and 200 in statuses and max(statuses) < 500, statuses
+
     refused = next(r for r in asyncio.run(flood()) if r.status_code == 429)
     assert int(refused.headers["Retry-After"]) >= 1 and refused.json()["error"]["type"] == "rate_limit_error"
     deadline = time.monotonic() + 30
     while service.batcher.pending and time.monotonic() < deadline:
         time.sleep(0.05)
     assert chat(url, max_tokens=2).status_code == 200  # it recovers
+
+
+def test_a_person_in_crisis_is_never_told_the_server_is_busy(server):
+    url, service = server
+    with service.batcher._lock:
+        service.batcher.pending += 1000  # as full as a queue gets
+    try:
+        assert chat(url).status_code == 429
+        crisis = chat(url, CRISIS)
+    finally:
+        with service.batcher._lock:
+            service.batcher.pending -= 1000
+    assert crisis.status_code == 200 and crisis.json()["safety"]["level"] == "crisis"
 
 
 def test_a_request_over_the_time_limit_is_a_timeout_error(smollm):
