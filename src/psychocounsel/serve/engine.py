@@ -289,6 +289,7 @@ class Batcher:
         self.pending = 0
         self.batches = 0  # prompt passes that started rows; fewer than rows when requests share them
         self.rows_done = 0
+        self.peak_batch = 0  # the most rows decoded together so far
         self.row_seconds = 2.0  # a moving average of a row's decoding time (from joining a batch): Retry-After
         self._thread = threading.Thread(target=self._work, name="psychocounsel-batcher", daemon=True)
         self._thread.start()
@@ -332,13 +333,13 @@ class Batcher:
         return rows
 
     def _finish(self, row: Row, result: Sampled | None) -> None:
-        if result is not None and not row.future.cancelled():
-            row.future.set_result(result)
-        with self._lock:
+        with self._lock:  # counted before the caller hears of it: a client never sees stale counts
             self.pending -= 1
             self.rows_done += 1
             if result is not None:
                 self.row_seconds = 0.9 * self.row_seconds + 0.1 * (time.perf_counter() - row.started)
+        if result is not None and not row.future.cancelled():
+            row.future.set_result(result)
 
     def _work(self) -> None:
         batch: _Batch | None = None
@@ -356,6 +357,7 @@ class Batcher:
                     elif newcomers.states:
                         batch.join(newcomers)
                 if batch is not None and batch.states:
+                    self.peak_batch = max(self.peak_batch, len(batch.states))
                     done += self.engine.step(batch)
                 for st in done:
                     self._finish(st.row, st.result())
