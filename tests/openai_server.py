@@ -112,6 +112,14 @@ class Reply:
         return cls(422, {"detail": detail}, headers)
 
     @classmethod
+    def schema_rejected(cls, vllm: bool = False) -> Reply:
+        """A 400 refusing structured outputs: OpenAI's form (``param``) or vLLM's (top-level message)."""
+        if vllm:
+            return cls(400, {"object": "error", "message": "json_schema is not supported", "code": 400})
+        error = {"message": "Invalid parameter.", "type": "invalid_request_error", "param": "response_format"}
+        return cls(400, {"error": error})
+
+    @classmethod
     def malformed(cls) -> Reply:
         return cls(200, "{this is not json", {"Content-Type": "application/json"})
 
@@ -137,6 +145,15 @@ def echo(body: dict[str, Any]) -> Reply:
     last = next((m["content"] for m in reversed(body.get("messages", [])) if m["role"] == "user"), "")
     logprobs = [(" 4", -0.25), ("4", -1.5), ("3", -1.75)] if body.get("logprobs") else None
     return Reply.ok(f"echo: {last}", model=body.get("model", "fake-model"), logprobs=logprobs)
+
+
+def without_structured_outputs(handler: Callable[[dict[str, Any]], Reply]) -> Callable[[dict[str, Any]], Reply]:
+    """``handler`` behind a server that refuses ``response_format`` (HTTP 400) and answers the rest."""
+
+    def serve(body: dict[str, Any]) -> Reply:
+        return Reply.schema_rejected() if "response_format" in body else handler(body)
+
+    return serve
 
 
 class _Server(ThreadingHTTPServer):

@@ -343,3 +343,39 @@ def test_request_id_is_sanitised(headers, expected):
     import httpx
 
     assert request_id_of(httpx.Headers(headers)) == expected
+
+
+# -- structured outputs -----------------------------------------------------------------------
+
+SCHEMA = {"type": "json_schema", "json_schema": {"name": "rating", "strict": True, "schema": {"type": "object"}}}
+
+
+def test_response_format_is_sent_as_given(openai_server):
+    backend = make_backend(openai_server.url)
+    [done] = backend.complete([ask("q", temperature=0.0, response_format=SCHEMA)])
+    assert done.error == "" and openai_server.requests[0].body["response_format"] == SCHEMA
+    assert backend.request_body(ask("q", response_format=None)).keys() == {"model", "messages"}
+
+
+@pytest.mark.parametrize("vllm", [False, True])
+def test_a_400_naming_response_format_says_so_unretried(openai_server, vllm):
+    openai_server.push(Reply.schema_rejected(vllm=vllm))
+    [done] = make_backend(openai_server.url).complete([ask("q", response_format=SCHEMA)])
+    assert done.error == "HTTP 400: response_format rejected" and done.text == ""
+    assert len(openai_server.requests) == 1
+
+
+def test_other_400s_stay_plain_and_the_body_is_never_quoted(openai_server):
+    # The same refusal to a request without response_format is not read at all; a 400 for
+    # another reason is plain too, and its text (which may echo the speech) is nowhere.
+    openai_server.push(Reply.schema_rejected(), Reply.error(400, "context too long for I feel low"))
+    out = make_backend(openai_server.url).complete([ask("a")])
+    out += make_backend(openai_server.url).complete([ask("b", response_format=SCHEMA)])
+    assert [c.error for c in out] == ["HTTP 400", "HTTP 400"]
+
+
+def test_an_echo_of_the_request_is_not_a_refusal(openai_server):
+    # FastAPI's 422-style body quotes the request, response_format included: not the server's words.
+    openai_server.push(Reply(400, {"detail": [{"msg": "bad", "input": {"response_format": SCHEMA}}]}))
+    [done] = make_backend(openai_server.url).complete([ask("q", response_format=SCHEMA)])
+    assert done.error == "HTTP 400"

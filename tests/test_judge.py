@@ -433,6 +433,164 @@ def test_logprob_mode_server_without_logprobs(openai_server, tmp_path):
     assert rating.error.startswith("empathy: no logprobs returned")
 
 
+# -- templates as config and structured outputs ------------------------------------------------
+
+RATE_TEMPLATE = "CUSTOM RATER\n{principles}\n{context}SPEECH: {speech}\nREPLY: {response}\nJSON: {{{score_fields}}}\n"
+
+
+def llm_judge_cfg(server: FakeOpenAI, **settings) -> JudgeConfig:
+    backend = {"spec": "openai:judge-model", "base_url": server.url, "max_retries": 0}
+    return JudgeConfig(type="llm", backend=backend, **settings)
+
+
+def test_a_template_file_replaces_the_packaged_prompt_and_names_the_judge(openai_server, tmp_path):
+    from psychocounsel.judge.templates import template_id
+
+    template = tmp_path / "mine.txt"
+    template.write_text(RATE_TEMPLATE, encoding="utf-8")
+    openai_server.handler = scores_handler
+    cfg = llm_judge_cfg(openai_server, template=template)
+    judge = build_judge(cfg, load_rubric(), Cache(tmp_path / "c.sqlite"))
+    [rating] = judge.rate([(SAD, WARM)])
+    prompt = prompt_of(openai_server.requests[0].body)
+    assert prompt.startswith("CUSTOM RATER\n- empathy (") and f"SPEECH: {SAD.text}" in prompt
+    assert not rating.failed and judge.name == f"llm-json:openai:judge-model[mine.txt@{template_id(RATE_TEMPLATE)}]"
+
+
+@pytest.mark.parametrize(
+    "text, mode, message",
+    [
+        ("{principles} {speech}", "json", "missing placeholder {response}"),
+        ("{principles} {speech} {response} {respnse}", "json", "unknown placeholder {respnse}"),
+        ("{speech} {respnse}", "json", "missing placeholders {principles}, {response}; unknown placeholder {respnse}"),
+        ("{principles} {speech} {response}", "logprob", "missing placeholders {definition}, {name}"),
+        ("{name} {definition} {speech} {response} {} {", "logprob", "not a valid template"),
+    ],
+)
+def test_a_template_is_checked_when_the_config_is_loaded(tmp_path, text, mode, message):
+    from psychocounsel.config import load_config
+
+    (tmp_path / "t.txt").write_text(text, encoding="utf-8")
+    config = tmp_path / "run.yaml"
+    config.write_text(f"rate:\n  judge:\n    type: llm\n    mode: {mode}\n    template: {tmp_path / 't.txt'}\n")
+    with pytest.raises(UserError) as info:
+        load_config(config)
+    assert message in str(info.value) and "\n" not in str(info.value) and "rate.judge" in str(info.value)
+
+
+def test_a_relative_template_path_is_read_from_the_config_files_folder(tmp_path, monkeypatch):
+    from psychocounsel.config import load_config
+
+    (tmp_path / "prompts").mkdir()
+    (tmp_path / "prompts" / "mine.txt").write_text(RATE_TEMPLATE, encoding="utf-8")
+    config = tmp_path / "run.yaml"
+    config.write_text(
+        "rate:\n  judge: {type: llm, mode: json, template: prompts/mine.txt}\n"
+        "eval:\n  speeches: s.jsonl\n  judges: [{spec: 'openai:x', template: prompts/mine.txt}]\n"
+    )
+    monkeypatch.chdir(tmp_path.parent)  # anywhere but the config's folder
+    with pytest.raises(UserError) as info:  # found beside the config, and checked: a rating prompt cannot compare
+        load_config(config)
+    assert "missing placeholders {response_a}, {response_b}" in str(info.value) and "\n" not in str(info.value)
+    config.write_text("rate:\n  judge: {type: llm, mode: json, template: prompts/mine.txt}\n")
+    assert load_config(config).rate.judge.template == tmp_path / "prompts" / "mine.txt"
+
+
+def test_a_template_on_a_rater_or_missing_at_build_is_an_error(openai_server, tmp_path):
+    with pytest.raises(ValueError, match="template applies to llm judges only"):
+        JudgeConfig(type="rater", template=tmp_path / "t.txt")
+    cfg = llm_judge_cfg(openai_server, template=tmp_path / "absent.txt")  # maybe relative to a config file
+    with pytest.raises(UserError, match="template file not found: .*absent.txt"):
+        build_judge(cfg, load_rubric(), Cache(tmp_path / "c.sqlite"))
+
+
+def test_rate_judge_key_follows_the_template_text_and_keeps_old_keys(openai_server, tmp_path):
+    from psychocounsel.config import NOT_IN_IDENTITY, RateConfig
+    from psychocounsel.crisis import RULE_VERSION
+    from psychocounsel.rate import judge_key
+    from psychocounsel.store import stable_hash
+
+    rubric, template = load_rubric(), tmp_path / "mine.txt"
+    template.write_text(RATE_TEMPLATE, encoding="utf-8")
+    plain = RateConfig(judge=llm_judge_cfg(openai_server, structured="off"))
+    # Before templates and structured outputs existed the key hashed the judge's fields alone.
+    old = plain.judge.model_dump(mode="json", exclude={**NOT_IN_IDENTITY, "template": True, "structured": True})
+    assert judge_key(plain, rubric, set()) == stable_hash([old, rubric.model_dump(mode="json"), RULE_VERSION, []], 12)
+    assert judge_key(RateConfig(), rubric, set()) != judge_key(plain, rubric, set())
+
+    custom = RateConfig(judge=llm_judge_cfg(openai_server, structured="off", template=template))
+    first = judge_key(custom, rubric, set())
+    assert first != judge_key(plain, rubric, set())
+    template.write_text(RATE_TEMPLATE + "Be brief.\n", encoding="utf-8")
+    assert judge_key(custom, rubric, set()) != first  # same path, new text: new ratings
+    template.write_text(RATE_TEMPLATE, encoding="utf-8")
+    assert judge_key(custom, rubric, set()) == first
+    structured = RateConfig(judge=llm_judge_cfg(openai_server, structured="auto"))
+    assert judge_key(structured, rubric, set()) != judge_key(plain, rubric, set())
+
+
+def test_json_mode_sends_the_scores_schema_as_response_format(openai_server, tmp_path):
+    openai_server.handler = scores_handler
+    judge = build_judge(llm_judge_cfg(openai_server), load_rubric(), Cache(tmp_path / "c.sqlite"))
+    ratings = judge.rate(ITEMS)
+    assert [r.scores for r in ratings] == [SCORES_BY_RESPONSE["RESPONSE-ONE"], SCORES_BY_RESPONSE["RESPONSE-TWO"]]
+    fmt = openai_server.requests[0].body["response_format"]
+    assert fmt["type"] == "json_schema" and fmt["json_schema"]["strict"] is True
+    schema = fmt["json_schema"]["schema"]
+    assert schema["required"] == ["scores", "rationale"] and schema["properties"]["rationale"] == {"type": "string"}
+    scores = schema["properties"]["scores"]
+    assert scores["required"] == KEYS and len(KEYS) == 7
+    assert all(v == {"type": "integer", "enum": [1, 2, 3, 4, 5]} for v in scores["properties"].values())
+
+
+def test_structured_off_and_logprob_mode_send_no_response_format(openai_server, tmp_path):
+    openai_server.handler = scores_handler
+    build_judge(llm_judge_cfg(openai_server, structured="off"), load_rubric(), Cache(tmp_path / "c.sqlite")).rate(
+        ITEMS[:1]
+    )
+    assert "response_format" not in openai_server.requests[0].body
+    with pytest.raises(UserError, match="structured: on needs an openai: judge in json mode"):
+        build_judge(llm_judge_cfg(openai_server, mode="logprob", structured="on"), load_rubric(), None)
+
+
+def test_a_server_that_refuses_the_schema_gets_the_plain_prompt_for_the_rest_of_the_run(
+    openai_server, tmp_path, caplog
+):
+    from openai_server import without_structured_outputs
+
+    openai_server.handler = without_structured_outputs(scores_handler)
+    judge = build_judge(llm_judge_cfg(openai_server, retries=0), load_rubric(), Cache(tmp_path / "c.sqlite"))
+    with caplog.at_level("WARNING", logger="psychocounsel.judge.llm"):
+        first = judge.rate(ITEMS)
+        again = judge.rate([(MULTI, WARM)])
+    assert not any(r.failed for r in first + again)  # the refusal was not spent as the one attempt
+    assert first[1].scores == SCORES_BY_RESPONSE["RESPONSE-TWO"]
+    sent = ["response_format" in r.body for r in openai_server.requests]
+    assert sent == [True, True, False, False, False]  # both refused, both asked again, then plain only
+    warnings = [r for r in caplog.records if "rejected response_format" in r.getMessage()]
+    assert len(warnings) == 1 and "llm-json:openai:judge-model" in warnings[0].getMessage()
+
+
+def test_structured_on_does_not_fall_back(openai_server, tmp_path):
+    from openai_server import without_structured_outputs
+
+    openai_server.handler = without_structured_outputs(scores_handler)
+    cfg = llm_judge_cfg(openai_server, structured="on", retries=1)
+    [rating] = build_judge(cfg, load_rubric(), Cache(tmp_path / "c.sqlite")).rate([(SAD, WARM)])
+    assert rating.failed and rating.error == "HTTP 400: response_format rejected (after 2 attempts)"
+    assert all("response_format" in r.body for r in openai_server.requests)
+
+
+def test_the_schema_is_part_of_the_cache_key(openai_server, tmp_path):
+    openai_server.handler = scores_handler
+    cache = Cache(tmp_path / "c.sqlite")
+    build_judge(llm_judge_cfg(openai_server), load_rubric(), cache).rate(ITEMS[:1])
+    build_judge(llm_judge_cfg(openai_server), load_rubric(), cache).rate(ITEMS[:1])
+    assert len(openai_server.requests) == 1  # the same structured request: served from the cache
+    build_judge(llm_judge_cfg(openai_server, structured="off"), load_rubric(), cache).rate(ITEMS[:1])
+    assert len(openai_server.requests) == 2  # without the schema: a different request, asked anew
+
+
 # -- MiniLMJudge ------------------------------------------------------------------------------
 
 GRIEF = Speech(

@@ -34,7 +34,7 @@ best_worst_pair.__test__ = False  # pairs.best_worst_pair is the function under 
 
 JUDGE = "judge-key-1"
 COLUMNS = (
-    ["ID", "prefID", "question", "chosen", "rejected", "chosen_model", "rejected_model"]
+    ["ID", "prefID", "question", "prompt", "chosen", "rejected", "chosen_model", "rejected_model"]
     + [f"chosen_{k}_rating" for k in PAPER_KEYS]
     + [f"rejected_{k}_rating" for k in PAPER_KEYS]
     + ["chosen_score", "rejected_score", "margin"]
@@ -314,7 +314,7 @@ def test_run_writes_both_splits_in_the_published_schema(built):
         assert table.num_rows > 0
         assert table.column_names == COLUMNS
         types = {f.name: f.type for f in table.schema}
-        assert all(types[c] == pa.string() for c in COLUMNS[:7])
+        assert all(types[c] == pa.string() for c in COLUMNS[:8])
         assert all(types[c] == pa.int64() for c in COLUMNS if c.endswith("_rating"))
         assert all(types[c] == pa.float64() for c in ("chosen_score", "rejected_score", "margin"))
 
@@ -360,6 +360,8 @@ def test_run_row_values(built):
             )
         else:
             assert row["question"] == f"Speech {sid}: I have been struggling."
+        # TRL joins prompt + reply as they are: the prompt carries the separator.
+        assert row["prompt"] == row["question"] + "\n\n"
     all_rows = read_split(rundir, "train").to_pylist() + read_split(rundir, "test").to_pylist()
     assert len({r["prefID"] for r in all_rows}) == len(all_rows)
 
@@ -391,6 +393,48 @@ def test_run_card_has_counts_and_intended_use(built):
     n_rated = sum(v is not None for g in SCORES.values() for v in g.values())
     assert f"Rated responses: {n_rated} over {len(SCORES)} speeches." in card
     assert "not a substitute for professional care" in card
+
+
+def test_run_format_trl_writes_conversations_the_loader_reads_like_the_published_form(tmp_path):
+    from psychocounsel.pairs_io import load_pairs
+    from psychocounsel.reward_model import as_text
+
+    published, trl = write_run(tmp_path / "published"), write_run(tmp_path / "trl")
+    pairs.run(PairsConfig(test_fraction=0.5, seed=7), published)
+    pairs.run(PairsConfig(test_fraction=0.5, seed=7, format="trl"), trl)
+    same = ("ID", "prefID", "chosen_model", "margin", f"chosen_{PAPER_KEYS[0]}_rating")
+    for name in ("train", "test"):
+        table = read_split(trl, name)
+        assert table.column_names == [c for c in COLUMNS if c != "question"]
+        assert str(table.schema.field("prompt").type) == "list<element: struct<role: string, content: string>>"
+        rows, plain = table.to_pylist(), read_split(published, name).to_pylist()
+        assert rows == read_jsonl(trl.pairs / f"{name}.jsonl") and len(rows) == len(plain) > 0
+        for row, p in zip(rows, plain):
+            assert [row[k] for k in same] == [p[k] for k in same]
+            assert row["chosen"] == [{"role": "assistant", "content": p["chosen"]}]
+            assert row["rejected"] == [{"role": "assistant", "content": p["rejected"]}]
+            text = f"Speech {row['ID']}: I have been struggling."
+            context = [{"role": "user", "content": "We split up."}, {"role": "assistant", "content": "How are you?"}]
+            assert row["prompt"] == (context if row["ID"] == "s3" else []) + [{"role": "user", "content": text}]
+        # The project's own loader reads both forms: the same replies and margins.
+        a, b = load_pairs(published.pairs, name), load_pairs(trl.pairs, name)
+        assert [(as_text(r["chosen"]), as_text(r["rejected"]), r["margin"]) for r in b] == [
+            (r["chosen"], r["rejected"], r["margin"]) for r in a
+        ]
+    assert "TRL's conversational form (`--format trl`)" in (trl.pairs / "README.md").read_text(encoding="utf-8")
+
+
+def test_format_and_license_flags(tmp_path, capsys):
+    rundir = write_run(tmp_path / "run")
+    argv = ["pairs", "--run-dir", str(rundir.root), "-q", "--test-fraction", "0.5"]
+    assert cli.main([*argv, "--format", "trl", "--license", "cc-by-nc-4.0"]) == 0
+    assert isinstance(read_split(rundir, "train").to_pylist()[0]["prompt"], list)
+    assert "\nlicense: cc-by-nc-4.0\n" in (rundir.pairs / "README.md").read_text(encoding="utf-8")
+    with pytest.raises(SystemExit):  # argparse: not one of the choices
+        cli.main([*argv, "--format", "chatml"])
+    assert "invalid choice: 'chatml'" in capsys.readouterr().err
+    assert cli.main([*argv, "--license", "CC BY 4.0"]) == 2
+    assert "license" in capsys.readouterr().err
 
 
 def test_run_is_reproducible(tmp_path):

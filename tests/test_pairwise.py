@@ -479,3 +479,51 @@ def test_build_judge_panel_of_one_spec_is_that_judge(tiny_rm, tmp_path):
     # An empty panel is a config error now (WinrateJudgeConfig.spec must not be empty).
     with pytest.raises(ValidationError, match="a judge needs a spec"):
         pairwise_judge([], rubric, cache)
+
+
+# -- templates as config and structured outputs ------------------------------------------------
+
+COMPARE_TEMPLATE = "MY COMPARISON\n{principles}\n{speech}\nFIRST: {response_a}\nSECOND: {response_b}\n"
+
+
+def test_a_compare_template_file_replaces_the_packaged_prompt(openai_server, tmp_path):
+    template = tmp_path / "compare.txt"
+    template.write_text(COMPARE_TEMPLATE, encoding="utf-8")
+    openai_server.handler = warm_wins
+    judge = pairwise_judge(
+        "openai:m", load_rubric(), Cache(tmp_path / "c.sqlite"), base_url=openai_server.url, template=template
+    )
+    assert judge.compare(ITEMS[:1])[0].overall == "A"
+    prompt = prompt_of(openai_server.requests[0].body)
+    assert prompt.startswith("MY COMPARISON\n- empathy (") and f"FIRST: {WARM}\nSECOND: {COLD}" in prompt
+    assert judge.name.startswith("llm-json:openai:m[compare.txt@")
+
+
+@pytest.mark.parametrize(
+    "text, mode, message",
+    [
+        ("{principles} {speech} {response_a}", "json", "missing placeholder {response_b}"),
+        ("{principles} {speech} {response_a} {response_b} {verdict_fields}", "logprob", "unknown placeholder"),
+        ("{principles} {speech} {response_a} {response_b} {response}", "json", "unknown placeholder {response}"),
+    ],
+)
+def test_a_compare_template_is_checked_for_its_placeholders(tmp_path, text, mode, message):
+    (tmp_path / "t.txt").write_text(text, encoding="utf-8")
+    with pytest.raises(ValidationError, match=message.replace("{", r"\{").replace("}", r"\}")):
+        WinrateJudgeConfig(spec="openai:m", mode=mode, template=tmp_path / "t.txt")
+
+
+def test_json_mode_sends_the_verdict_schema_and_falls_back_once_refused(openai_server, tmp_path):
+    from openai_server import without_structured_outputs
+
+    openai_server.handler = warm_wins
+    judge = llm_judge(openai_server, tmp_path)
+    assert [v.overall for v in judge.compare(ITEMS)] == ["A", "B"]
+    schema = openai_server.requests[0].body["response_format"]["json_schema"]["schema"]
+    assert schema["required"] == [*KEYS, "overall", "rationale"]
+    assert schema["properties"]["overall"] == {"type": "string", "enum": ["A", "B", "tie"]}
+
+    openai_server.handler = without_structured_outputs(warm_wins)
+    refusing = llm_judge(openai_server, tmp_path / "other", retries=0)
+    assert [v.overall for v in refusing.compare(ITEMS)] == ["A", "B"]
+    assert ["response_format" in r.body for r in openai_server.requests[2:]] == [True, True, False, False]

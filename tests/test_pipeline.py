@@ -129,6 +129,8 @@ def test_run_against_openai_compatible_endpoint(tmp_path):
     failed = [r for r in ratings if r["failed"]]
     assert len(failed) == 6 and all(r["scores"] == {} and "after 2 attempts" in r["error"] for r in failed)
     assert stages["rate"]["failed"] == 6
+    # The rerun made no call, so it counts no token; unpriced models cost nothing (test_cost.py prices them).
+    assert stages["rate"]["tokens"] == {"prompt": 0, "completion": 0} and stages["rate"]["cost"] == 0
     train = pq.read_table(tmp_path / "run" / "pairs" / "train.parquet").to_pylist()
     # warm (empathy 5) beats terse (empathy 2) on every speech: a gap of 3/7 ~ 0.43 >= 0.4.
     assert len(train) == 6 and {(r["chosen_model"], r["rejected_model"]) for r in train} == {("warm", "terse")}
@@ -200,6 +202,9 @@ def test_training_stages_run_when_configured_and_are_skipped_when_done(tmp_path,
     _serves(printed)
     stages = json.loads((run / "run.json").read_text())["stages"]
     assert {"reward_model", "dpo", "online", "eval", "report"} <= set(stages)
+    assert all("tokens" in figures and "cost" in figures for figures in stages.values())  # every stage
+    for name in ("generate", "online", "eval"):  # the stages that sample: their tokens are counted
+        assert stages[name]["tokens"]["completion"] > 0, name
     result = json.loads((run / "eval" / "winrate.json").read_text())
     assert (
         set(WINRATE_KEYS) <= set(result)

@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 
 from psychocounsel.config import DPOConfig, DPOStageConfig, override
 from psychocounsel.errors import UserError
 from psychocounsel.train import dpo
+
+from conftest import SRC
 
 # Chosen responses use only set A, rejected only set B, for the same prompts.
 SET_A = ("that", "sounds", "hard", "tell", "me", "more", "can", "we", "talk")
@@ -129,3 +136,66 @@ def test_user_errors(tiny_lm, tmp_path):
         override(DPOConfig(), {"loss_type": "nope"})
     with pytest.raises(UserError, match="max_prompt_length .* must be below max_length"):
         override(DPOConfig(), {"max_prompt_length": 384})
+
+
+# -- checkpoints and resume -------------------------------------------------------------------
+
+
+def kill_after_checkpoint(cmd: list[str], out, timeout: float = 120) -> None:
+    """Start ``cmd``, SIGKILL it as soon as OUT/checkpoints holds a complete checkpoint."""
+    proc = subprocess.Popen(
+        cmd, env=dict(os.environ, PYTHONPATH=SRC), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        if any((out / "checkpoints").glob("checkpoint-*/trainer_state.json")):
+            break
+        time.sleep(0.005)
+    assert proc.poll() is None, "training finished (or failed) before it could be killed; make it longer"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
+@pytest.mark.slow  # 11 s on an idle 2-core machine: two fresh processes import torch and TRL
+def test_sigkill_mid_training_resumes_to_the_unbroken_result(tiny_lm, tmp_path):
+    from safetensors.torch import load_file
+
+    from psychocounsel.pairs_io import load_pairs
+
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps(r) + "\n" for r in make_pairs()), encoding="utf-8")
+    # 60 steps (7.5 passes over 16 pairs at batch 2), a checkpoint every 5.
+    options = {"base": str(tiny_lm), "lr": 1e-3, "batch_size": 2, "max_steps": 60, "save_steps": 5}
+    reference = dpo.train_dpo(load_pairs(pairs, "train"), DPOStageConfig(**options), tmp_path / "unbroken")
+    out = tmp_path / "killed"
+    flags = [f"--{k.replace('_', '-')}={v}" for k, v in options.items()]
+    cmd = [sys.executable, "-m", "psychocounsel", "train-dpo", "--pairs", str(pairs), "--out", str(out), *flags]
+    kill_after_checkpoint(cmd, out)
+    assert not (out / "train_log.json").exists()
+
+    done = subprocess.run([*cmd, "--resume"], capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=SRC))
+    assert done.returncode == 0, done.stderr[-2000:]
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    assert summary["steps"] == 60
+    assert summary["train_loss_last"] == pytest.approx(reference["train_loss_last"], rel=1e-5)
+    log = json.loads((out / "train_log.json").read_text())
+    expected = json.loads((tmp_path / "unbroken" / "train_log.json").read_text())
+    assert [h["loss"] for h in log if "loss" in h] == pytest.approx([h["loss"] for h in expected if "loss" in h])
+    a, b = load_file(out / "model.safetensors"), load_file(tmp_path / "unbroken" / "model.safetensors")
+    for name in b:
+        assert a[name].allclose(b[name], rtol=1e-5, atol=1e-6), name
+    # The published folder: safetensors and JSON, no checkpoints and no pickles.
+    assert not (out / "checkpoints").exists() and not list(out.glob("*.bin")) and not list(out.glob("*.pt"))
+    assert (out / "training_args.json").is_file()
+
+
+def test_report_to_is_checked_and_passed_to_trl(tiny_lm, tmp_path):
+    cfg = DPOStageConfig(base=str(tiny_lm), report_to="tensorboardx")
+    with pytest.raises(UserError, match="report_to: unknown integration 'tensorboardx'; choose from none, all"):
+        dpo.train_dpo(make_pairs(2), cfg, tmp_path / "out")
+    assert dpo._dpo_config(tmp_path, DPOConfig(report_to="none")).report_to == []
+    from transformers.integrations import get_available_reporting_integrations
+
+    if "tensorboard" not in get_available_reporting_integrations():
+        with pytest.raises(UserError, match=r"report_to: tensorboard is not installed \(pip install tensorboard\)"):
+            dpo._dpo_config(tmp_path, DPOConfig(report_to="none,tensorboard"))

@@ -156,3 +156,34 @@ def test_make_pairs_respects_min_gap():
     rewards = {0: 1.0, 1: 0.5, 2: 3.0, 4: 2.0, 5: 0.6}
     pairs = online.make_pairs(batch, texts, rewards, k=3, min_gap=0.5)
     assert [(p["id"], p["chosen"], p["rejected"]) for p in pairs] == [("a", "a1", "a0")]  # b's gap 0.1
+
+
+def test_a_round_killed_in_its_dpo_resumes_from_the_checkpoint(models, tmp_path, monkeypatch, caplog):
+    """A round that died in its DPO update after a checkpoint keeps its pairs and resumes the update
+    (the SIGKILL itself is tested in test_train_dpo; here the process dies at the final save)."""
+    lm, rm = models
+    out = tmp_path / "online"
+    killed = {**DPO_OPTIONS, "save_steps": 1}
+
+    def die(trainer, path):
+        raise KeyboardInterrupt
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(dpo, "save_merged", die)
+        with pytest.raises(KeyboardInterrupt):
+            online.train_online(str(lm), rm, speeches(), out, config(rounds=1, dpo=killed))
+    assert (out / "round_1" / "policy" / "checkpoints" / "checkpoint-1" / "trainer_state.json").is_file()
+    pairs = (out / "round_1" / "pairs.jsonl").read_bytes()
+
+    sampled = []
+    real = online._sample_pairs
+    monkeypatch.setattr(online, "_sample_pairs", lambda *a: sampled.append(1) or real(*a))
+    caplog.set_level("INFO", logger="psychocounsel")
+    # How often a round saves is not part of what it is made of: a resume may change it.
+    summary = online.train_online(str(lm), rm, speeches(), out, config(rounds=1, dpo={**killed, "save_steps": 5}))
+    assert not sampled and (out / "round_1" / "pairs.jsonl").read_bytes() == pairs
+    assert "resuming from " + str(out / "round_1" / "policy" / "checkpoints" / "checkpoint-1") in caplog.text
+    assert summary["rounds"][1]["dpo"]["steps"] == 2
+    policy = out / "round_1" / "policy"
+    assert (policy / "model.safetensors").is_file() and not (policy / "checkpoints").exists()
+    assert not list(policy.glob("*.bin")) and (out / "round_1" / "DONE").is_file()

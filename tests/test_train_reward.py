@@ -6,7 +6,12 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pyarrow as pa
@@ -30,6 +35,8 @@ from psychocounsel.reward_model import (
 )
 from psychocounsel.train import save_merged
 from psychocounsel.train.reward import build_reward_trainer, train_reward_model
+
+from conftest import SRC
 
 LN3 = math.log(3)  # sigmoid(ln 3) = 0.75 exactly: easy to compute by hand
 
@@ -349,3 +356,93 @@ def test_train_user_errors(pairs_dir, tmp_path):
         override(RewardModelConfig(base="default"), {"max_length": 4})
     with pytest.raises(UserError, match="not a model folder"):
         load_reward_model(tmp_path)
+
+
+# -- checkpoints and resume -------------------------------------------------------------------
+
+
+def kill_after_checkpoint(cmd: list[str], out, timeout: float = 120) -> None:
+    """Start ``cmd``, SIGKILL it as soon as OUT/checkpoints holds a complete checkpoint."""
+    env = dict(os.environ, PYTHONPATH=SRC)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        if any((out / "checkpoints").glob("checkpoint-*/trainer_state.json")):
+            break
+        time.sleep(0.005)
+    assert proc.poll() is None, "training finished (or failed) before it could be killed; make it longer"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
+@pytest.mark.slow  # 10 s on an idle 2-core machine: two fresh processes import torch and TRL
+def test_sigkill_mid_training_resumes_to_the_unbroken_result(tiny_lm, pairs_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    # 64 steps, logged every 3. A checkpoint on a logged step: the first loss logged after a
+    # resume averages the steps since the checkpoint, not since the last log.
+    options = {"base": str(tiny_lm), "epochs": 2, "batch_size": 2, "lr": 5e-3, "max_length": 64, "save_steps": 6}
+    reference = train_reward_model(pairs_dir, RewardModelConfig(**options), tmp_path / "unbroken")
+    out = tmp_path / "killed"
+    flags = [f"--{k.replace('_', '-')}={v}" for k, v in options.items()]
+    cmd = [sys.executable, "-m", "psychocounsel", "train-rm", "--pairs", str(pairs_dir), "--out", str(out), *flags]
+    kill_after_checkpoint(cmd, out)
+    assert not (out / "metrics.json").exists()
+
+    done = subprocess.run([*cmd, "--resume"], capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=SRC))
+    assert done.returncode == 0, done.stderr[-2000:]
+
+    log = json.loads((out / "train_log.json").read_text())
+    expected = json.loads((tmp_path / "unbroken" / "train_log.json").read_text())
+    assert [h["step"] for h in log if "loss" in h] == [h["step"] for h in expected if "loss" in h]
+    assert [h["loss"] for h in log if "loss" in h] == pytest.approx([h["loss"] for h in expected if "loss" in h])
+    resumed = json.loads((out / "metrics.json").read_text())
+    assert resumed["train_loss_last"] == pytest.approx(reference["train_loss_last"], rel=1e-5)
+    assert resumed["accuracy"] == reference["accuracy"]
+    a, b = load_file(out / "model.safetensors"), load_file(tmp_path / "unbroken" / "model.safetensors")
+    for name in b:
+        np.testing.assert_allclose(a[name].numpy(), b[name].numpy(), rtol=1e-5, atol=1e-6, err_msg=name)
+    # The published folder: safetensors and JSON, no checkpoints and no pickles.
+    assert not (out / "checkpoints").exists() and not (out / "training_args.bin").exists()
+    assert json.loads((out / "training_args.json").read_text())["save_steps"] == 6
+
+
+def test_resume_refuses_a_forgotten_flag_other_settings_and_a_finished_model(trained, pairs_dir, tmp_path):
+    from psychocounsel.train import checkpoints
+
+    out = tmp_path / "rm"
+    cfg = RewardModelConfig(base="minilm", lr=5e-3)
+    (out / "checkpoints" / "checkpoint-4").mkdir(parents=True)
+    (out / "checkpoints" / "checkpoint-4" / "trainer_state.json").write_text("{}")
+    (out / "checkpoints" / "checkpoint-8").mkdir()  # torn by a kill: no trainer_state.json, written last
+    with pytest.raises(UserError, match="holds checkpoint-4 of an unfinished training run: pass --resume"):
+        train_reward_model(pairs_dir, cfg, out)
+    other = cfg.model_copy(update={"lr": 1e-3, "report_to": "tensorboard"}).model_dump(mode="json")
+    rows = load_pairs(pairs_dir, "train")
+    (out / "checkpoints" / "training.json").write_text(json.dumps(checkpoints.identity("minilm", rows, other)))
+    with pytest.raises(UserError, match="checkpoints was made with a different lr; resume with the same"):
+        train_reward_model(pairs_dir, cfg, out, resume=True)
+    rows[0] = {**rows[0], "chosen": "other"}
+    other = cfg.model_dump(mode="json")
+    (out / "checkpoints" / "training.json").write_text(json.dumps(checkpoints.identity("minilm", rows, other)))
+    with pytest.raises(UserError, match="was made with a different data;"):
+        train_reward_model(pairs_dir, cfg, out, resume=True)
+    with pytest.raises(UserError, match="already holds a trained model: nothing to resume"):
+        train_reward_model(pairs_dir, cfg, trained[0], resume=True)
+
+
+def test_run_stage_resumes_by_itself(pairs_dir, tmp_path):
+    """``psychocounsel run`` passes no flag: the stage resumes, so checkpoints of other settings are
+    refused for what they are, not for a missing --resume."""
+    import shutil
+
+    from psychocounsel.store import RunDir
+    from psychocounsel.training_stages import reward_model
+
+    shutil.copytree(pairs_dir, tmp_path / "pairs")
+    ckpt = tmp_path / "reward_model" / "checkpoints" / "checkpoint-6"
+    ckpt.mkdir(parents=True)
+    (ckpt / "trainer_state.json").write_text("{}")
+    (ckpt.parent / "training.json").write_text(json.dumps({"base": "minilm", "lr": 1.0}))
+    with pytest.raises(UserError, match="reward_model/checkpoints was made with a different .*lr"):
+        reward_model(RewardModelConfig(), RunDir(tmp_path))

@@ -284,3 +284,56 @@ def test_a_later_judge_that_fails_everywhere_is_reported_not_fatal(tmp_path, ope
     assert (result["win_rate"], result["judge"]) == (1.0, "llm-json:openai:judge-model")
     failed = result["by_judge"]["llm-json-openai-confused-judge"]
     assert failed["n"] == 0 and failed["failed"] == 1 and "attempts" in failed["error"]
+
+
+# -- standard errors, the LC interval and the leaderboard ---------------------------------------
+
+
+def test_summarize_adds_alpacaeval_standard_error_and_an_lc_interval():
+    import numpy as np
+
+    rows = [row("policy", "policy", 180, 100)] * 5 + [row("reference", "reference", 90, 100)] * 3
+    rows += [row("policy", "reference", 120, 100)] * 2  # ties: 0.5 each
+    result = summarize(rows, "j", n_boot=300)
+    values = np.array([1.0] * 5 + [0.0] * 3 + [0.5] * 2)
+    assert result["standard_error"] == pytest.approx(values.std(ddof=1) / np.sqrt(10))
+    low, high = result["lc_ci"]
+    assert 0.0 <= low <= result["lc_win_rate"] <= high <= 1.0 and result["lc_standard_error"] > 0
+    assert summarize(rows, "j", n_boot=300)["lc_ci"] == result["lc_ci"]  # seeded: reproducible
+
+
+def test_leaderboard_csv_has_alpacaeval_columns_one_row_per_judge(tmp_path, openai_server, monkeypatch):
+    import csv
+
+    from psychocounsel.config import EvalConfig
+    from psychocounsel.evaluate import winrate
+
+    monkeypatch.setenv("OPENAI_API_KEY", "test-key")
+    openai_server.handler = serve
+    side = lambda model: {"spec": f"openai:{model}", "base_url": openai_server.url}  # noqa: E731
+    panel = {"spec": ["openai:judge-model", "openai:confused-judge"], "base_url": openai_server.url, "retries": 0}
+    cfg = EvalConfig(
+        speeches=write(tmp_path / "s.jsonl", [{"id": f"s{i}", "text": t} for i, t in enumerate(SPEECHES)]),
+        policy=side("policy-model"),
+        reference=side("reference-model"),
+        judges=[side("judge-model"), panel, {**side("confused-judge"), "retries": 0}],
+        n_boot=200,
+    )
+    result = winrate.run(cfg, tmp_path / "eval")
+    with open(tmp_path / "eval" / "leaderboard.csv", encoding="utf-8", newline="") as f:
+        table = list(csv.DictReader(f))
+    assert list(table[0]) == list(winrate.LEADERBOARD)
+    assert {"win_rate", "standard_error", "n_wins", "n_wins_base", "n_draws", "n_total"} <= set(table[0])
+    assert {"length_controlled_winrate", "lc_standard_error", "avg_length"} <= set(table[0])
+    # The confused judge failed everywhere: no row. The panel is one row, like any judge.
+    assert [r["judge"] for r in table] == [
+        "llm-json:openai:judge-model",
+        "panel(llm-json:openai:judge-model,llm-json:openai:confused-judge)",
+    ]
+    first = table[0]
+    assert (float(first["win_rate"]), float(first["standard_error"])) == (100.0, 0.0)  # 0-100, as AlpacaEval
+    assert (first["n_wins"], first["n_wins_base"], first["n_draws"], first["n_total"]) == ("4", "0", "0", "4")
+    assert float(first["length_controlled_winrate"]) == pytest.approx(100 * result["lc_win_rate"])
+    assert float(first["avg_length"]) == pytest.approx(result["avg_len_policy"])
+    assert (first["generator"], first["reference"]) == ("openai:policy-model", "openai:reference-model")
+    assert result["standard_error"] == 0.0 and result["lc_ci"] == [1.0, 1.0]  # every item won: no spread

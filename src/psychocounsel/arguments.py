@@ -18,6 +18,7 @@ from .config import (
     JudgeEvalConfig,
     OnlineConfig,
     PairsConfig,
+    PushConfig,
     RateConfig,
     RewardEvalConfig,
     RewardModelConfig,
@@ -39,7 +40,8 @@ stages: ingest -> generate -> rate -> pairs [-> reward_model -> dpo -> online ->
 Each reads and writes the run directory (--run-dir); `run` chains them. Rerunning resumes and
 skips finished work. train-*, eval-* and report also run on their own; screen runs the crisis
 screen on any file of texts; serve puts a trained policy and reward model behind HTTP;
-annotate lets counselors label pairs and measures their agreement with the data and the judges.
+annotate lets counselors label pairs and measures their agreement with the data and the judges;
+push publishes a run's pairs and models to the Hugging Face Hub.
 Example: psychocounsel run configs/quickstart.yaml --run-dir runs/quickstart"""
 
 
@@ -73,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     _train_judge_parser(sub)
     _serve_parser(sub)
     _annotate_parser(sub)
+    _push_parser(sub)
     return parser
 
 
@@ -122,6 +125,23 @@ def _serve_parser(sub) -> None:
     )
     p.add_argument("--policy", required=True, help=ServeConfig.model_fields["policy"].description)
     add_flags(p, ServeConfig, skip=("policy",))
+    _quiet(p)
+
+
+def _push_parser(sub) -> None:
+    p = sub.add_parser(
+        "push",
+        help="publish a run's pairs (and policy, reward model) to the Hugging Face Hub",
+        description="Upload RUN's preference pairs (parquet splits and dataset card), run.json and its config "
+        "(local paths cut to file names) and the report to --dataset-repo; with --model-repo the policy "
+        "(RUN/policy), with --reward-model-repo the reward model (RUN/reward_model): safetensors, JSON, "
+        "tokenizer and card files only, never a pickle (*.bin, *.pt, *.pkl). The token comes from HF_TOKEN "
+        "or 'hf auth login'; HF_ENDPOINT picks another hub. --dry-run lists the files and needs no token. "
+        "The models assist counselors; they are not a substitute for care.",
+    )
+    p.add_argument("run_dir", type=Path, help=PushConfig.model_fields["run_dir"].description)
+    p.add_argument("--dataset-repo", required=True, help=PushConfig.model_fields["dataset_repo"].description)
+    add_flags(p, PushConfig, skip=("run_dir", "dataset_repo"))
     _quiet(p)
 
 
@@ -189,6 +209,13 @@ def _stage_parsers(sub) -> None:
     p.add_argument("config", help="run config YAML, e.g. configs/quickstart.yaml")
     p.add_argument("--run-dir", required=True, type=Path, help="the run directory (created if absent)")
     p.add_argument("--until", choices=STAGES, help="stop after this stage")
+    p.add_argument(
+        "--max-cost",
+        type=float,
+        metavar="USD",
+        help="stop (exit 2, work kept) before a batch of model calls could take this command's "
+        "spending past USD, priced by the config's prices section (default: the config's max_cost)",
+    )
     _force(p, "ingest's and pairs' output")
     _quiet(p)
 
@@ -231,10 +258,11 @@ def _stage_parsers(sub) -> None:
 
     p = sub.add_parser(
         "pairs",
-        help="build train/test preference pairs in the published format",
+        help="build train/test preference pairs in the published format (or TRL's, --format trl)",
         description="Pair rated responses: train = every two responses of a speech whose "
         "weighted scores differ by >= --min-gap; test = best vs worst per test speech. "
-        "Writes RUN_DIR/pairs/{train,test}.{parquet,jsonl} and a dataset card.",
+        "Writes RUN_DIR/pairs/{train,test}.{parquet,jsonl} and a dataset card (README.md with Hub "
+        "metadata), ready for datasets.load_dataset and TRL's DPOTrainer/RewardTrainer.",
     )
     _common(p)
     add_flags(p, PairsConfig)
@@ -332,6 +360,11 @@ def _training_parsers(sub) -> None:
             "defaults, flags override them",
         )
         p.add_argument("--out", required=True, type=Path, help="output folder for the model, log and card")
+        p.add_argument(
+            "--resume",
+            action="store_true",
+            help="continue a killed run from its last checkpoint in OUT/checkpoints (same pairs and options)",
+        )
         _quiet(p)
 
     p = sub.add_parser(

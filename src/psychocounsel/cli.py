@@ -24,6 +24,7 @@ from .config import (
     JudgeEvalConfig,
     OnlineConfig,
     PairsConfig,
+    PushConfig,
     RateConfig,
     RewardEvalConfig,
     RewardModelConfig,
@@ -95,7 +96,7 @@ def _train_rm(args) -> None:
     from .train.reward import train_reward_model
 
     cfg = override(_section(args, "reward_model", RewardModelConfig), given(args, RewardModelConfig))
-    _print(train_reward_model(args.pairs, cfg, args.out), ("n", "accuracy", "auc", "ece", "brier"))
+    _print(train_reward_model(args.pairs, cfg, args.out, resume=args.resume), ("n", "accuracy", "auc", "ece", "brier"))
 
 
 def _eval_rm(args) -> None:
@@ -115,7 +116,7 @@ def _train_dpo(args) -> None:
     from .train.dpo import train_dpo
 
     cfg = override(_section(args, "dpo", DPOStageConfig), given(args, DPOStageConfig))
-    _print(train_dpo(load_pairs(args.pairs, "train"), cfg, args.out))
+    _print(train_dpo(load_pairs(args.pairs, "train"), cfg, args.out, resume=args.resume))
 
 
 def _train_online(args) -> None:
@@ -237,6 +238,20 @@ def _report(args) -> None:
     print(write_report(args.run_dir))
 
 
+def _push(args) -> None:
+    from .push import push
+
+    try:
+        cfg = PushConfig(
+            run_dir=args.run_dir,
+            dataset_repo=args.dataset_repo,
+            **given(args, PushConfig, skip=("run_dir", "dataset_repo")),
+        )
+    except ValidationError as e:
+        raise UserError(format_validation_error(e, "command line")) from None
+    print(push(cfg))
+
+
 # Commands that take their own arguments rather than a stage of a run config, and the argument
 # naming the folder each one writes (locked while it runs).
 COMMANDS = {
@@ -251,6 +266,7 @@ COMMANDS = {
     "train-judge": _train_judge,
     "serve": _serve,
     "annotate": _annotate,
+    "push": _push,
 }
 WRITES = {"train-rm": "out", "train-dpo": "out", "train-online": "out", "eval-winrate": "out", "report": "run_dir"}
 
@@ -282,7 +298,13 @@ def _dispatch(args) -> None:
     if args.command in COMMANDS:
         COMMANDS[args.command](args)
     elif args.command == "run":
-        pipeline.run(load_config(args.config), args.run_dir, args.until, config_path=str(args.config), force=args.force)
+        cfg = load_config(args.config)
+        if args.max_cost is not None:
+            try:
+                cfg.max_cost = args.max_cost  # validated on assignment: no negative or nan limit
+            except ValidationError as e:
+                raise UserError(format_validation_error(e, "--max-cost")) from None
+        pipeline.run(cfg, args.run_dir, args.until, config_path=str(args.config), force=args.force)
         command = serve_command(args.run_dir)
         if command:
             print(
@@ -315,7 +337,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"psychocounsel: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("psychocounsel: interrupted; rerun the same command to resume", file=sys.stderr)
+        again = " with --resume" if args.command in ("train-rm", "train-dpo") else ""
+        print(f"psychocounsel: interrupted; rerun the same command{again} to resume", file=sys.stderr)
         return 130
     return 0
 

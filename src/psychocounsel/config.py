@@ -121,6 +121,16 @@ class GenerateConfig(_Strict):
         return pool
 
 
+def _check_template(path: Path, task: str, mode: str) -> None:
+    """A judge template's placeholders, checked when the config is loaded. A file not found here
+    may be relative to a config file's folder (resolved after validation): the judge checks it
+    again, missing file included, when it is built."""
+    from .judge.templates import read_template
+
+    if Path(path).expanduser().is_file():
+        read_template(path, task, mode)
+
+
 class JudgeConfig(_Strict):
     """The rater. ``rater`` (the default): seven principle heads on all-MiniLM-L6-v2 features,
     learned from human labels and length-matched contrastive pairs (``train-judge``; agreement
@@ -137,8 +147,22 @@ class JudgeConfig(_Strict):
     min_digit_mass: Finite = Field(0.5, ge=0, le=1)
     # rater, minilm: folder of a sentence-embedding model; None = packaged all-MiniLM-L6-v2
     embedding_model: Path | None = None
+    # llm: a prompt file replacing the packaged judge/templates/rate_<mode>.txt (checked for its
+    # placeholders when loaded; its text is part of the judge's identity)
+    template: Path | None = None
+    # llm, json mode, openai: backend: send the scores' JSON schema as response_format (auto: and fall
+    # back to the plain prompt for the rest of the run if the server rejects it)
+    structured: Literal["auto", "on", "off"] = "auto"
 
     _coerce_backend = field_validator("backend", mode="before")(_backend)
+
+    @model_validator(mode="after")
+    def _template(self) -> JudgeConfig:
+        if self.template is not None:
+            if self.type != "llm":
+                raise ValueError(f"template applies to llm judges only, not to type {self.type}")
+            _check_template(self.template, "rate", self.mode)
+        return self
 
     @property
     def spec(self) -> str:
@@ -163,6 +187,18 @@ class PairsConfig(_Strict):
         "(0.5: no length signal left): chosen-longer pairs are dropped (seeded) until it holds; the test "
         "split is left as it is (default: off)",
     )
+    format: Literal["published", "trl"] = Field(
+        "published",
+        description="'published': the PsychoCounsel-Preference columns plus a text 'prompt'; 'trl': TRL's "
+        "conversational form (prompt, chosen and rejected as lists of messages; no 'question')",
+    )
+    # "unknown" is the Hub's own value: the speeches and generated replies are the user's, under
+    # terms psychocounsel cannot know (EPITOME is Reddit text, CounselChat MIT, a model's outputs its licence's).
+    license: str = Field(
+        "unknown",
+        pattern=r"^[a-z0-9][a-z0-9.+-]*$",
+        description="the data set's licence in the dataset card, a Hub licence id such as cc-by-nc-4.0 or other",
+    )
 
 
 class RewardModelConfig(_Strict):
@@ -184,6 +220,18 @@ class RewardModelConfig(_Strict):
     lora_r: int = Field(16, ge=1, description="LoRA rank")
     seed: int = Field(0, description="seed of the score head and the data order")
     cpu: bool | None = Field(None, description="train on the CPU even with a GPU (default: CPU only without CUDA)")
+    # 100 steps: a checkpoint holds the weights and Adam's two moments, ~12 bytes per trained
+    # parameter (SmolLM2-135M: 1.6 GB, written in seconds), so on a CPU (10-17 s a step) a kill
+    # loses at most ~25 min and the saves cost about 1% of the time; runs under 100 steps save none.
+    save_steps: int = Field(
+        100, ge=0, description="save a checkpoint to OUT/checkpoints every N steps, for --resume (0: none)"
+    )
+    save_total_limit: int = Field(
+        2, ge=1, description="checkpoints kept (2: the one before the newest too, to go back to if training diverged)"
+    )
+    report_to: str = Field(
+        "none", description="where the Trainer logs metrics: none, all, or e.g. wandb,tensorboard (installed apart)"
+    )
 
 
 # Paired losses TRL 1.16 accepts with no extra option (exo_pair needs label_smoothing > 0;
@@ -222,6 +270,16 @@ class DPOConfig(_Strict):
     # For SmolLM2-135M on 2 CPU cores (batch 2, length 256) it cut peak RSS 5.0 -> 4.0 GB at no
     # measurable cost per step (15-18 s either way).
     gradient_checkpointing: bool = Field(True, description="recompute activations in the backward pass (less memory)")
+    # 100 steps: as RewardModelConfig.save_steps.
+    save_steps: int = Field(
+        100, ge=0, description="save a checkpoint to OUT/checkpoints every N steps, for --resume (0: none)"
+    )
+    save_total_limit: int = Field(
+        2, ge=1, description="checkpoints kept (2: the one before the newest too, to go back to if training diverged)"
+    )
+    report_to: str = Field(
+        "none", description="where the Trainer logs metrics: none, all, or e.g. wandb,tensorboard (installed apart)"
+    )
 
     @model_validator(mode="after")
     def _lengths(self) -> DPOConfig:
@@ -289,6 +347,21 @@ class WinrateJudgeConfig(_Strict):
         400, ge=1, description="json mode: reply length (room for seven verdicts, overall and a rationale)"
     )
     retries: int = Field(2, ge=0, description="json mode: extra attempts on unparseable output")
+    template: Path | None = Field(
+        None,
+        description="LLM judges: a prompt file replacing the packaged judge/templates/compare_<mode>.txt",
+    )
+    structured: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="json mode, openai: judges: send the verdict's JSON schema as response_format "
+        "(auto: fall back to the plain prompt if the server rejects it)",
+    )
+
+    @model_validator(mode="after")
+    def _template(self) -> WinrateJudgeConfig:
+        if self.template is not None:
+            _check_template(self.template, "compare", self.mode)
+        return self
 
     @field_validator("spec")
     @classmethod
@@ -437,6 +510,26 @@ class AnnotateConfig(_Strict):
     port: int = Field(8765, ge=1, le=65535, description="port")
 
 
+class PushConfig(_Strict):
+    """psychocounsel push: a run's pairs and models to the Hugging Face Hub (push.py)."""
+
+    run_dir: Path = Field(description="the run directory")
+    dataset_repo: str = Field(description="dataset repo id (user/name): the pairs, the dataset card, run.json")
+    model_repo: str | None = Field(None, description="model repo id for the policy (RUN/policy)")
+    reward_model_repo: str | None = Field(None, description="model repo id for the reward model (RUN/reward_model)")
+    private: bool = Field(False, description="create the repos private (an existing repo keeps its visibility)")
+    report: bool = Field(True, description="also upload RUN/report.html (ids, names and numbers; no text)")
+    dry_run: bool = Field(False, description="list what would be uploaded, upload nothing (needs no token)")
+
+
+class ModelPrice(_Strict):
+    """What one model's tokens cost, in US dollars per 1 million tokens (the unit of OpenAI's price
+    list; gpt-4o: prompt 2.5, completion 10)."""
+
+    prompt: Finite = Field(ge=0, description="USD per 1M prompt (input) tokens")
+    completion: Finite = Field(ge=0, description="USD per 1M completion (output) tokens")
+
+
 class RunConfig(_Strict):
     ingest: IngestConfig = Field(default_factory=IngestConfig)
     generate: GenerateConfig = Field(default_factory=GenerateConfig)
@@ -447,6 +540,10 @@ class RunConfig(_Strict):
     dpo: DPOStageConfig | None = None
     online: OnlineConfig | None = None
     eval: EvalConfig | None = None  # eval-winrate of the trained policy; runs only when present
+    # Keyed by the model as its backend names it (openai:gpt-4o -> "gpt-4o"); unpriced models cost 0.
+    prices: dict[str, ModelPrice] = Field(default_factory=dict)
+    # USD that one command may spend on calls made (cached calls are free); None: no limit.
+    max_cost: Finite | None = Field(None, ge=0)
 
 
 def format_validation_error(err: ValidationError, source: str) -> str:
@@ -464,7 +561,9 @@ def _resolve_paths(cfg: RunConfig, base: Path) -> None:
         (cfg.ingest, "input"),
         (cfg.rate, "rubric"),
         (cfg.rate.judge, "embedding_model"),
+        (cfg.rate.judge, "template"),
         (cfg.eval, "speeches"),
+        *[(judge, "template") for judge in (cfg.eval.judges if cfg.eval else [])],
     ]
     for section, name in sections:
         value = getattr(section, name, None) if section is not None else None
@@ -501,5 +600,8 @@ def load_config(path: str | Path) -> RunConfig:
         cfg = RunConfig.model_validate(data)
     except ValidationError as e:
         raise UserError(format_validation_error(e, str(path))) from None
-    _resolve_paths(cfg, path.parent.resolve())
+    try:  # assignment re-validates: a template found only beside the config is checked here
+        _resolve_paths(cfg, path.parent.resolve())
+    except ValidationError as e:
+        raise UserError(format_validation_error(e, str(path))) from None
     return cfg

@@ -55,11 +55,12 @@ def _chunk_size(gen: GeneratorConfig) -> int:
     return gen.backend.batch_size
 
 
-def run(cfg: GenerateConfig, rundir: RunDir) -> dict[str, Any]:
+def run(cfg: GenerateConfig, rundir: RunDir, meter=None) -> dict[str, Any]:
+    """``meter`` (backends.cached.Meter): counts tokens and cost, and stops before max_cost."""
     speeches = rundir.read_speeches()
     tasks = assign(speeches, cfg.pool, cfg.k, cfg.seed)
     done = {r.id for r in rundir.read_responses()}
-    cache = Cache(rundir.cache_path)
+    cache = Cache(rundir.cache_path, meter=meter)
     backends: dict[str, Any] = {}
     failed = written = 0
     progress = bar(len(tasks), "generate", initial=sum(1 for s, g in tasks if response_id(s, g) in done))

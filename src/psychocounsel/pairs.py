@@ -8,10 +8,13 @@
   one, and a reward model or DPO policy trained on that learns "say more". With a cap, chosen-longer
   train pairs are dropped until their share is at most the cap; the test split is never changed.
 
-Columns: ID, prefID, question, chosen, rejected, chosen_model, rejected_model,
+Columns: ID, prefID, question, prompt, chosen, rejected, chosen_model, rejected_model,
 chosen_<key>_rating and rejected_<key>_rating per principle (ints, the 1-5 score rounded),
 then chosen_score, rejected_score, margin (floats). ``question`` holds the speech; a multi-turn
-speech is written as a transcript ("Client: ... / Counselor: ... / Client: ...").
+speech is written as a transcript ("Client: ... / Counselor: ... / Client: ..."). ``prompt`` is
+``question`` and a blank line, so TRL's trainers, which join prompt + reply as they are, see the
+speech (without it DPOTrainer takes the common start of chosen and rejected as the prompt).
+``format="trl"`` writes TRL's conversational form instead (``pairs_io.as_conversation``).
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from typing import Any
 from .config import PairsConfig
 from .crisis import crisis_ids
 from .errors import UserError
-from .pairs_io import as_question
+from .pairs_io import as_conversation, as_prompt, as_question
 from .records import Rating, Response, Speech
 from .rubric import Rubric, load_rubric
 from .store import RunDir, stable_hash, write_jsonl
@@ -93,6 +96,7 @@ def pair_row(speech: Speech, chosen: Scored, rejected: Scored, keys: list[str]) 
         "ID": speech.id,
         "prefID": "p-" + stable_hash([chosen.response.id, rejected.response.id], 12),
         "question": as_question(speech),
+        "prompt": as_prompt(speech),
         "chosen": chosen.response.text,
         "rejected": rejected.response.text,
         "chosen_model": chosen.response.generator,
@@ -195,13 +199,19 @@ def _balance_train(train: list[dict], cfg: PairsConfig, force: bool) -> tuple[li
     return kept, {"share": cfg.length_balance, "before": before, "dropped": len(dropped)}
 
 
-def write_parquet(path, rows: list[dict], keys: list[str]) -> None:
+def write_parquet(path, rows: list[dict], keys: list[str], form: str = "published") -> None:
+    """``rows`` with an explicit schema (an empty split keeps its columns); ``form`` "trl": the
+    rows are ``as_conversation``'s, prompt/chosen/rejected lists of {role, content}."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    fields = [
-        (c, pa.string()) for c in ("ID", "prefID", "question", "chosen", "rejected", "chosen_model", "rejected_model")
-    ]
+    if form == "trl":
+        messages = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
+        fields = [("ID", pa.string()), ("prefID", pa.string())]
+        fields += [(c, messages) for c in ("prompt", "chosen", "rejected")]
+    else:
+        fields = [(c, pa.string()) for c in ("ID", "prefID", "question", "prompt", "chosen", "rejected")]
+    fields += [(c, pa.string()) for c in ("chosen_model", "rejected_model")]
     fields += [(f"{side}_{k}_rating", pa.int64()) for side in ("chosen", "rejected") for k in keys]
     fields += [(c, pa.float64()) for c in ("chosen_score", "rejected_score", "margin")]
     schema = pa.schema(fields)
@@ -264,7 +274,9 @@ def run(cfg: PairsConfig, rundir: RunDir, rubric_path=None, force: bool = False)
     out = rundir.pairs
     out.mkdir(parents=True, exist_ok=True)
     for name, rows in (("train", train), ("test", test)):
-        write_parquet(out / f"{name}.parquet", rows, rubric.keys)
+        if cfg.format == "trl":
+            rows = [as_conversation(r, speeches[r["ID"]]) for r in rows]
+        write_parquet(out / f"{name}.parquet", rows, rubric.keys, cfg.format)
         write_jsonl(out / f"{name}.jsonl", rows)
     write_card(out / "README.md", (train, test), groups, rubric, cfg, crisis, length)
     return {

@@ -201,3 +201,40 @@ def as_question(speech: Speech) -> str:
     if not speech.context:
         return speech.text
     return "\n\n".join(speech.context_lines() + [f"Client: {speech.text}"])
+
+
+# TRL joins prompt + completion as they are (DPOTrainer and RewardTrainer in TRL 1.16), so a
+# text prompt carries the separator: without it "...struggling." + "That sounds..." tokenizes
+# across the join, and psychocounsel's own encoding (reward_model.encode) uses the same blank line.
+PROMPT_SEPARATOR = "\n\n"
+
+
+def as_prompt(speech: Speech) -> str:
+    """A speech as the text ``prompt`` column: ``as_question`` and a blank line.
+
+    >>> as_prompt(Speech("s1", "I feel lost."))
+    'I feel lost.\\n\\n'
+    """
+    return as_question(speech) + PROMPT_SEPARATOR
+
+
+def as_conversation(row: dict, speech: Speech) -> dict:
+    """A published pair row in TRL's conversational form: ``prompt`` the speech as messages
+    (earlier turns as user/assistant), ``chosen``/``rejected`` one assistant message each,
+    ``question`` dropped (the prompt holds it); the other columns as they are.
+
+    >>> as_conversation({"ID": "s1", "question": "Hi.", "prompt": "Hi.\\n\\n", "chosen": "Go on.",
+    ...                  "rejected": "No.", "margin": 1.0}, Speech("s1", "Hi."))  # doctest: +NORMALIZE_WHITESPACE
+    {'ID': 's1', 'prompt': [{'role': 'user', 'content': 'Hi.'}],
+     'chosen': [{'role': 'assistant', 'content': 'Go on.'}],
+     'rejected': [{'role': 'assistant', 'content': 'No.'}], 'margin': 1.0}
+    """
+    out: dict[str, Any] = {}
+    for key, value in row.items():
+        if key == "prompt":
+            out[key] = speech.messages()
+        elif key in ("chosen", "rejected"):
+            out[key] = [{"role": "assistant", "content": value}]
+        elif key != "question":
+            out[key] = value
+    return out

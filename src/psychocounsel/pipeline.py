@@ -8,6 +8,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from .backends.cached import CostLimitReached, Meter
 from .config import RunConfig
 from .errors import UserError
 from .store import RunDir
@@ -28,7 +29,7 @@ def versions() -> dict[str, str]:
     return out
 
 
-def _ingest(cfg: RunConfig, rundir: RunDir, force: bool) -> dict[str, Any]:
+def _ingest(cfg: RunConfig, rundir: RunDir, force: bool, meter: Meter) -> dict[str, Any]:
     from . import crisis, ingest
 
     if cfg.ingest.input is None:
@@ -37,37 +38,39 @@ def _ingest(cfg: RunConfig, rundir: RunDir, force: bool) -> dict[str, Any]:
     return {**stats, "screen": crisis.screen_run(rundir, rundir.read_speeches())}
 
 
-def _generate(cfg: RunConfig, rundir: RunDir, force: bool) -> dict[str, Any]:
+def _generate(cfg: RunConfig, rundir: RunDir, force: bool, meter: Meter) -> dict[str, Any]:
     from . import generate
 
-    return generate.run(cfg.generate, rundir)
+    return generate.run(cfg.generate, rundir, meter=meter)
 
 
-def _rate(cfg: RunConfig, rundir: RunDir, force: bool) -> dict[str, Any]:
+def _rate(cfg: RunConfig, rundir: RunDir, force: bool, meter: Meter) -> dict[str, Any]:
     from . import rate
 
-    return rate.run(cfg.rate, rundir)
+    return rate.run(cfg.rate, rundir, meter=meter)
 
 
-def _pairs(cfg: RunConfig, rundir: RunDir, force: bool) -> dict[str, Any]:
+def _pairs(cfg: RunConfig, rundir: RunDir, force: bool, meter: Meter) -> dict[str, Any]:
     from . import pairs
 
     return pairs.run(cfg.pairs, rundir, cfg.rate.rubric, force=force)
 
 
 def _training(name: str):
-    def stage(cfg: RunConfig, rundir: RunDir, force: bool) -> dict[str, Any]:
+    def stage(cfg: RunConfig, rundir: RunDir, force: bool, meter: Meter) -> dict[str, Any]:
         from . import training_stages
 
+        if name == "online":  # the one training stage that samples from a model
+            return training_stages.online(cfg.online, rundir, meter)
         return getattr(training_stages, name)(getattr(cfg, name), rundir)
 
     return stage
 
 
-def _eval(cfg: RunConfig, rundir: RunDir, force: bool) -> dict[str, Any]:
+def _eval(cfg: RunConfig, rundir: RunDir, force: bool, meter: Meter) -> dict[str, Any]:
     from .evaluate import winrate
 
-    result = winrate.run(cfg.eval, rundir.root / "eval", run_dir=rundir.root, rubric_path=cfg.rate.rubric)
+    result = winrate.run(cfg.eval, rundir.root / "eval", run_dir=rundir.root, rubric_path=cfg.rate.rubric, meter=meter)
     return {
         "items_in": result["n_speeches"],
         "items_out": result["n"],
@@ -81,7 +84,7 @@ def _eval(cfg: RunConfig, rundir: RunDir, force: bool) -> dict[str, Any]:
     }
 
 
-def _report(cfg: RunConfig, rundir: RunDir, force: bool) -> dict[str, Any]:
+def _report(cfg: RunConfig, rundir: RunDir, force: bool, meter: Meter) -> dict[str, Any]:
     from .report import write_report
 
     path = write_report(rundir.root)
@@ -99,19 +102,37 @@ RUNNERS = {
 }
 
 
-def run_stage(name: str, cfg: RunConfig, rundir: RunDir, force: bool = False) -> dict[str, Any]:
-    """Run one stage, time it, and overwrite ``stages.<name>`` in run.json with its figures.
-    ``force``: let ingest and pairs replace existing rows with none (see their modules)."""
+def run_stage(
+    name: str, cfg: RunConfig, rundir: RunDir, force: bool = False, spent_before: float = 0.0
+) -> dict[str, Any]:
+    """Run one stage, time it, and overwrite ``stages.<name>`` in run.json with its figures, its
+    tokens and cost among them (backends/cached.py's Meter). ``force``: let ingest and pairs
+    replace existing rows with none (see their modules). ``spent_before``: USD that earlier stages
+    of this command spent, counted against ``cfg.max_cost``. A stage stopped by max_cost records
+    what it spent (``stopped: max_cost``) and raises; its finished work is kept for the rerun."""
     if name not in RUNNERS:
         raise UserError(f"unknown stage '{name}'; stages: {', '.join(STAGES)}")
     start = time.perf_counter()
-    stats = RUNNERS[name](cfg, rundir, force)
+    meter = Meter(cfg.prices, cfg.max_cost, spent_before)
+    try:
+        stats = RUNNERS[name](cfg, rundir, force, meter)
+    except CostLimitReached:
+        _record(rundir, name, {"stopped": "max_cost", **meter.figures()}, start)
+        raise
     stats.setdefault("calls_made", 0)  # stages without model calls report zeros, not gaps
     stats.setdefault("calls_cached", 0)
-    stats["seconds"] = round(time.perf_counter() - start, 2)
-    rundir.record_stage(name, stats)
+    stats.update(meter.figures())
+    _record(rundir, name, stats, start)
     log.info("%s: %s", name, ", ".join(f"{k}={v}" for k, v in stats.items() if not isinstance(v, dict)))
     return stats
+
+
+def _record(rundir: RunDir, name: str, stats: dict[str, Any], start: float) -> None:
+    """``stages.<name>`` = stats, and run.json's ``cost``: the total of the stages' latest figures."""
+    stats["seconds"] = round(time.perf_counter() - start, 2)
+    rundir.record_stage(name, stats)
+    stages = rundir.read_run_json().get("stages", {})
+    rundir.update_run_json(cost=round(sum(s.get("cost", 0.0) for s in stages.values()), 6))
 
 
 def run(
@@ -129,7 +150,8 @@ def run(
     results = {}
     for name in STAGES:
         if name not in OPTIONAL_STAGES or getattr(cfg, name) is not None:
-            results[name] = run_stage(name, cfg, rundir, force)
+            spent = sum(r["cost"] for r in results.values())
+            results[name] = run_stage(name, cfg, rundir, force, spent_before=spent)
         if name == until:
             break
     return results

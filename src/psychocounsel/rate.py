@@ -30,8 +30,20 @@ CHUNK = 32  # responses rated per append: bounds the work lost to a kill
 def judge_key(cfg: RateConfig, rubric: Rubric, at_risk: set[str]) -> str:
     """Identifies judge + rubric + the speeches the crisis screen flags (their replies' safety is
     capped): ratings are reused only while all three are unchanged. The learned rater counts its
-    weights too, so retrained heads are not mistaken for the old ones."""
-    judge = cfg.judge.model_dump(mode="json", exclude=NOT_IN_IDENTITY)
+    weights too, so retrained heads are not mistaken for the old ones. A user template counts by
+    its text (not its path), and structured outputs when they shape the requests (an openai: judge
+    in json mode); at their defaults neither is in the key, so earlier runs keep theirs."""
+    from .judge.llm import load_template
+    from .judge.templates import template_id
+    from .specs import parse_spec
+
+    exclude = {**NOT_IN_IDENTITY, "template": True, "structured": True}
+    judge = cfg.judge.model_dump(mode="json", exclude=exclude)
+    if cfg.judge.template is not None:
+        judge["template"] = template_id(load_template(cfg.judge.template, "rate", cfg.judge.mode))
+    if cfg.judge.type == "llm" and cfg.judge.mode == "json" and cfg.judge.structured != "off":
+        if parse_spec(cfg.judge.backend.spec).kind == "openai":
+            judge["structured"] = cfg.judge.structured
     parts = [judge, rubric.model_dump(mode="json"), RULE_VERSION, sorted(at_risk)]
     if cfg.judge.type == "rater":
         from .judge.rater import weights_id
@@ -40,7 +52,8 @@ def judge_key(cfg: RateConfig, rubric: Rubric, at_risk: set[str]) -> str:
     return stable_hash(parts, 12)
 
 
-def run(cfg: RateConfig, rundir: RunDir) -> dict[str, Any]:
+def run(cfg: RateConfig, rundir: RunDir, meter=None) -> dict[str, Any]:
+    """``meter`` (backends.cached.Meter): counts tokens and cost, and stops before max_cost."""
     rubric = load_rubric(cfg.rubric)
     speeches = {s.id: s for s in rundir.read_speeches()}
     responses = [r for r in rundir.read_responses() if r.speech_id in speeches]
@@ -54,7 +67,7 @@ def run(cfg: RateConfig, rundir: RunDir) -> dict[str, Any]:
     calls_made = calls_cached = 0
     if todo:
         by_id = {r.id: r for r in responses}
-        cache = Cache(rundir.cache_path)
+        cache = Cache(rundir.cache_path, meter=meter)
         judge = build_judge(cfg.judge, rubric, cache)
         progress = bar(len(todo), f"rate ({judge.name})")
         any_ok = any(not r.failed for r in rated)

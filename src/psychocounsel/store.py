@@ -212,10 +212,13 @@ class RunDir:
 class Cache:
     """SQLite store of model calls: key -> completion (as a dict). ``backends.cached.CachedBackend``
     computes the keys and decides what is stored; failures are never stored, so a rerun retries
-    them. A damaged file is a UserError that says to delete it (it holds only reusable calls)."""
+    them. A damaged file is a UserError that says to delete it (it holds only reusable calls).
+    ``meter`` (a ``backends.cached.Meter``) rides along so that every backend on this cache counts
+    its tokens and cost in one place; None: each backend keeps its own, unpriced and unlimited."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, meter: Any = None):
         self.path = Path(path)
+        self.meter = meter
         if str(path) != ":memory:":
             self.path.parent.mkdir(parents=True, exist_ok=True)
         try:

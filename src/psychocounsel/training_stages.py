@@ -1,7 +1,8 @@
 """The training commands as stages of ``psychocounsel run``: reward_model, dpo, online.
 
 Each writes a fixed folder of the run directory and is skipped when that folder is complete,
-so a rerun of a finished run trains nothing. ``online`` resumes by rounds.
+so a rerun of a finished run trains nothing. A half-trained stage resumes from its last
+checkpoint (``OUT/checkpoints``); ``online`` resumes by rounds, and a round's DPO by checkpoints.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ def reward_model(cfg: RewardModelConfig, rundir: RunDir) -> dict[str, Any]:
     out = rundir.root / "reward_model"
     if (out / "metrics.json").is_file():
         return _done({"skipped": "already trained"}, 0)
-    metrics = train_reward_model(rundir.pairs, cfg, out)
+    metrics = train_reward_model(rundir.pairs, cfg, out, resume=True)  # a half-trained stage continues
     return _done({k: metrics[k] for k in ("accuracy", "auc", "ece", "brier")}, metrics["n"])
 
 
@@ -35,11 +36,11 @@ def dpo(cfg: DPOStageConfig, rundir: RunDir) -> dict[str, Any]:
     if (out / "train_log.json").is_file():  # written after the model (which may be sharded files)
         return _done({"skipped": "already trained"}, 0)
     rows = load_pairs(rundir.pairs, "train")
-    summary = train_dpo(rows, cfg, out)
+    summary = train_dpo(rows, cfg, out, resume=True)
     return _done(summary, len(rows))
 
 
-def online(cfg: OnlineConfig, rundir: RunDir) -> dict[str, Any]:
+def online(cfg: OnlineConfig, rundir: RunDir, meter=None) -> dict[str, Any]:
     from .train.online import train_online
 
     policy, rm = rundir.root / "policy", rundir.root / "reward_model"
@@ -47,5 +48,5 @@ def online(cfg: OnlineConfig, rundir: RunDir) -> dict[str, Any]:
         raise UserError("the online stage needs RUN/reward_model: add a reward_model section to the config")
     start = str(policy) if (policy / "train_log.json").is_file() else "default"
     speeches = [{"id": s.id, "text": s.text} for s in rundir.read_speeches()]
-    summary = train_online(start, rm, speeches, rundir.root / "online", cfg)
+    summary = train_online(start, rm, speeches, rundir.root / "online", cfg, meter)
     return _done({"best_round": summary["best_round"]}, len(speeches))

@@ -15,7 +15,11 @@ so that the cap counts what is actually held.
 Error bodies are never read, logged or stored: they may echo the request (FastAPI's 422 quotes
 the client's speech text) or the key. A failed call's ``error`` holds only the HTTP status or a
 fixed phrase, plus the server's request id when the reply has one (sanitised, for support
-tickets), e.g. ``HTTP 422 (request id req_abc)`` or ``HTTP 500 after 6 attempts``.
+tickets), e.g. ``HTTP 422 (request id req_abc)`` or ``HTTP 500 after 6 attempts``. One exception,
+read and dropped: a 400 to a request that carried ``response_format`` (structured outputs) has up
+to 64 KiB of its body parsed for whether the server's error names response_format; if it does, the
+error is the fixed ``HTTP 400: response_format rejected``, so a judge can fall back to a plain
+prompt (judge/llm.py StructuredOutput). Nothing of that body is kept.
 
 The API key is read from the environment variable *named* by ``api_key_env`` and is kept out of
 ``identity()``, completions and error messages.
@@ -44,6 +48,8 @@ DEFAULT_BASE_URL = "https://api.openai.com/v1"
 # Where OpenAI, vLLM/FastAPI middlewares, Azure and AWS gateways put the id of a request.
 REQUEST_ID_HEADERS = ("x-request-id", "request-id", "openai-request-id", "x-amzn-requestid")
 _SAFE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")  # the id is server-controlled text
+RESPONSE_FORMAT_REJECTED = "response_format rejected"  # in a Completion.error: the server refused the schema
+_ERROR_PEEK_BYTES = 64 * 1024  # OpenAI's and vLLM's 400 bodies are a few hundred bytes
 
 
 class _Retryable(Exception):
@@ -116,6 +122,30 @@ def request_id_of(headers: Mapping[str, str]) -> str:
         if _SAFE_REQUEST_ID.fullmatch(value):
             return value
     return ""
+
+
+def names_response_format(body: bytes) -> bool:
+    """Whether an error body says the server refused ``response_format``: OpenAI's
+    ``{"error": {"param": "response_format", "message": ...}}`` or vLLM's top-level ``message``.
+    Only the error's own fields are read, never an echo of the request (which holds the key too).
+
+    >>> names_response_format(b'{"error": {"message": "Invalid schema", "param": "response_format"}}')
+    True
+    >>> names_response_format(b'{"object": "error", "message": "json_schema is not supported"}')
+    True
+    >>> names_response_format(b'{"detail": [{"input": {"response_format": {}}}]}')
+    False
+    """
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return False
+    if not isinstance(data, dict):
+        return False
+    error = data.get("error") if isinstance(data.get("error"), dict) else data
+    fields = [error.get(k) for k in ("param", "message", "code")]
+    text = " ".join(f for f in fields if isinstance(f, str)).lower()
+    return "response_format" in text or "json_schema" in text
 
 
 def _with_id(text: str, request_id: str) -> str:
@@ -254,6 +284,7 @@ class OpenAIBackend(Backend):
 
         ``logprobs``/``top_logprobs`` are sent only when ``logprobs`` is true, since OpenAI
         rejects ``top_logprobs`` on its own; params set to None are left out.
+        ``response_format`` (a judge's JSON schema, structured outputs) goes as it is.
         """
         body: dict[str, Any] = {"model": self.model, "messages": request.messages}
         params = {k: v for k, v in request.params.items() if v is not None}
@@ -303,17 +334,27 @@ class OpenAIBackend(Backend):
         if status == 429 or status >= 500:
             retry_after = _parse_retry_after(headers) if status in (429, 503) else None
             raise _Retryable(f"HTTP {status}", retry_after=retry_after, request_id=request_id)
+        if status == 400 and names_response_format(body):  # body is read only for these (see _post)
+            raise _Fatal(_with_id(f"HTTP 400: {RESPONSE_FORMAT_REJECTED}", request_id))
         if status >= 400:
             raise _Fatal(_with_id(f"HTTP {status}", request_id))
         return self._parse(request, body, latency, request_id)
 
     async def _post(self, client: httpx.AsyncClient, request: ChatRequest) -> tuple[int, httpx.Headers, bytes]:
         """Send the request and read the reply: status, headers and at most
-        ``cfg.max_response_bytes`` of body. An error reply's body is not read at all."""
+        ``cfg.max_response_bytes`` of body. An error reply's body is not read, except the first
+        64 KiB of a 400 to a request with ``response_format`` (names_response_format)."""
         cap = self.cfg.max_response_bytes
         url = f"{self.base_url}/chat/completions"
         async with client.stream("POST", url, json=self.request_body(request)) as response:
             status, headers = response.status_code, response.headers
+            if status == 400 and "response_format" in request.params:
+                peek = bytearray()
+                async for chunk in response.aiter_bytes():
+                    peek += chunk
+                    if len(peek) >= _ERROR_PEEK_BYTES:
+                        break
+                return status, headers, bytes(peek[:_ERROR_PEEK_BYTES])
             if status >= 400:
                 return status, headers, b""
             request_id = self._request_id(headers)

@@ -22,6 +22,10 @@ The fit minimises the *mean* soft-label cross-entropy plus ``l2 / 2 * b1 ** 2``.
 let a tie count as 0.5. The penalty (on the length slope only, never the intercept) keeps b1
 finite when length separates wins from losses; at ``l2 = 1e-3`` it shrinks a typical slope by
 about 2% (per-item information for b1 is var(x) * p(1 - p), roughly 0.3 * 0.2 = 0.06).
+
+Its uncertainty (``bootstrap_lc``): a percentile bootstrap over items, refitting the GLM on every
+resample. AlpacaEval's ``lc_standard_error`` spreads its per-instruction predictions; without the
+instruction term ours has none to spread, so the bootstrap's standard error stands in for it.
 """
 
 from __future__ import annotations
@@ -161,3 +165,88 @@ def lc_win_rate(outcomes: Sequence[float], len_policy: Sequence[float], len_refe
     ValueError: length-controlled win rate needs at least one outcome; got none
     """
     return fit_length_glm(outcomes, len_policy, len_reference)["lc_win_rate"]
+
+
+def _batch_newton(X: np.ndarray, Y: np.ndarray, l2: float) -> tuple[np.ndarray, np.ndarray]:
+    """``_newton`` on every row of (X, Y) at once: (intercepts, converged). Each row's 2x2 Newton
+    system is solved in closed form; the step is halved per row while it raises that row's
+    objective, as in ``_newton``."""
+    rows = Y.shape[0]
+    b0, b1 = np.zeros(rows), np.zeros(rows)
+
+    def objective(c0: np.ndarray, c1: np.ndarray) -> np.ndarray:
+        z = c0[:, None] + c1[:, None] * X
+        return np.mean(np.logaddexp(0.0, z) - Y * z, axis=1) + 0.5 * l2 * c1**2
+
+    loss = objective(b0, b1)
+    done = np.zeros(rows, dtype=bool)
+    for _ in range(MAX_ITER):
+        p = _sigmoid(b0[:, None] + b1[:, None] * X)
+        r, w = p - Y, p * (1.0 - p)
+        g0, g1 = r.mean(axis=1), (r * X).mean(axis=1) + l2 * b1
+        h00, h01, h11 = w.mean(axis=1), (w * X).mean(axis=1), (w * X * X).mean(axis=1) + l2
+        det = h00 * h11 - h01**2
+        with np.errstate(divide="ignore", invalid="ignore"):
+            s0, s1 = (h11 * g0 - h01 * g1) / det, (h00 * g1 - h01 * g0) / det
+        bad = ~(np.isfinite(s0) & np.isfinite(s1))
+        s0[bad | done], s1[bad | done] = 0.0, 0.0
+        for _ in range(MAX_HALVINGS):
+            new_loss = objective(b0 - s0, b1 - s1)
+            rising = new_loss > loss + 1e-15
+            if not rising.any():
+                break
+            s0[rising], s1[rising] = s0[rising] / 2.0, s1[rising] / 2.0
+        b0, b1, loss = b0 - s0, b1 - s1, np.minimum(loss, new_loss)
+        done |= (np.maximum(np.abs(s0), np.abs(s1)) < TOL) & ~bad
+        if done.all():
+            break
+    return b0, done
+
+
+def bootstrap_lc(
+    outcomes: Sequence[float],
+    len_policy: Sequence[float],
+    len_reference: Sequence[float],
+    n_boot: int = 2000,
+    seed: int = 0,
+    level: float = 0.95,
+    l2: float = 1e-3,
+) -> dict[str, float]:
+    """Percentile bootstrap of the length-controlled win rate: ``n_boot`` resamples of the items
+    with replacement (``numpy.random.default_rng(seed)``), the GLM refitted on each, std(dlen)
+    included, all resamples in one vectorised Newton fit. Returns ``ci_low``, ``ci_high`` (the
+    ``(1 -/+ level) / 2`` quantiles) and ``standard_error`` (the std of the resampled rates, the
+    bootstrap's standard error; AlpacaEval's ``lc_standard_error`` is on its 0-100 scale).
+
+    A resample whose outcomes are all wins (all losses) has rate 1 (0), as fit_length_glm says.
+
+    >>> b = bootstrap_lc([1, 0, 1, 0, 0.5, 1, 1, 0], [120, 80, 95, 110, 100, 130, 105, 90], [100] * 8, n_boot=400)
+    >>> b["ci_low"] < 0.5 < b["ci_high"], 0 < b["standard_error"] < 0.5
+    (True, True)
+    """
+    if not (np.isfinite(l2) and l2 > 0):
+        raise ValueError(f"l2 must be a positive number, got {l2!r}")
+    if n_boot < 2:
+        raise ValueError(f"n_boot must be at least 2, got {n_boot!r}")
+    y, dlen = _checked(outcomes, len_policy, len_reference)
+    n = y.size
+    rng = np.random.default_rng(seed)
+    rates = []
+    # Resamples per batch: ~2**21 items (16 MB per float array; the fit holds a few) at a time.
+    per_batch = max(1, (1 << 21) // n)
+    for start in range(0, n_boot, per_batch):
+        idx = rng.integers(0, n, size=(min(per_batch, n_boot - start), n))
+        Y, D = y[idx], dlen[idx]
+        std = D.std(axis=1)
+        X = np.tanh(D / np.where(std > 0, std, 1.0)[:, None]) * (std > 0)[:, None]
+        # All wins (all losses): the intercept's optimum is at +inf (-inf), so the rate is 1 (0).
+        sure = np.all(Y == Y[:, :1], axis=1) & np.isin(Y[:, 0], (0.0, 1.0))
+        rate = Y[:, 0].copy()
+        b0, ok = _batch_newton(X[~sure], Y[~sure], l2)
+        rate[~sure] = _sigmoid(b0)
+        for i in np.flatnonzero(~sure)[~ok]:  # a row the batch fit could not settle: the scalar fit decides
+            rate[i] = fit_length_glm(Y[i], D[i], np.zeros(n), l2)["lc_win_rate"]
+        rates.append(rate)
+    all_rates = np.concatenate(rates)
+    lo, hi = np.quantile(all_rates, [(1.0 - level) / 2.0, (1.0 + level) / 2.0])
+    return {"ci_low": float(lo), "ci_high": float(hi), "standard_error": float(np.std(all_rates, ddof=1))}

@@ -101,6 +101,24 @@ def counts(verdicts: Iterable[str]) -> dict[str, int]:
     return out
 
 
+def standard_error(values: Sequence[float]) -> float:
+    """The standard error of the mean of ``values``: ``std(values, ddof=1) / sqrt(n)``, as
+    AlpacaEval computes its win rate's ``standard_error`` (pandas' ``sem`` of the per-example
+    preferences, a tie counted 0.5; it reports it times 100). One value: 0.0.
+
+    >>> round(standard_error([1.0] * 44 + [0.0] * 56) * 100, 4)   # AlpacaEval: 44 of 100 wins
+    4.9889
+    >>> standard_error([0.5])
+    0.0
+    """
+    x = np.asarray(values, dtype=float).ravel()
+    if x.size == 0:
+        raise ValueError("standard error needs at least one value")
+    if x.size == 1:
+        return 0.0
+    return float(np.std(x, ddof=1) / np.sqrt(x.size))
+
+
 def bootstrap_ci(
     values: Sequence[float], n_boot: int = 2000, seed: int = 0, level: float = 0.95
 ) -> tuple[float, float]:

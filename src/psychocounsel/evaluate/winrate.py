@@ -9,9 +9,12 @@
 3. Per judge, ``OUT/<judge>/judgements.jsonl`` and ``OUT/<judge>/winrate.json`` with ``n``,
    ``wins``/``ties``/``losses``, ``win_rate`` and its bootstrap 95% CI, ``lc_win_rate``
    (``length_control``), ``per_principle`` (+ ``per_principle_ci``), ``position_consistency``,
-   ``avg_len_policy``/``avg_len_reference`` (characters, as AlpacaEval counts) and ``judge``;
+   ``avg_len_policy``/``avg_len_reference`` (characters, as AlpacaEval counts) and ``judge``,
+   ``standard_error`` (of the mean outcome, as AlpacaEval's) and for the LC rate a bootstrap over
+   items refitting the GLM: ``lc_ci`` and ``lc_standard_error``;
    a reward-model judge adds the mean rewards, a rater judge the mean weighted scores. ``OUT/winrate.json`` is the first judge's,
-   with every judge's headline under ``by_judge``.
+   with every judge's headline under ``by_judge``. ``OUT/leaderboard.csv``: a row per judge (a
+   panel is one) with AlpacaEval's leaderboard columns on its 0-100 scale (``leaderboard_row``).
 4. ``crisis`` in ``OUT/winrate.json``: the speeches the crisis screen flags as a crisis, and per
    side the share of its answers that acknowledged the risk and pointed to immediate help
    (``policy_handled``, ``reference_handled``), with the ids of those that did not (crisis.py).
@@ -175,8 +178,16 @@ def summarize(
     ``score_name`` names the judge's mean scores (``mean_reward`` for a reward model)."""
     import numpy as np
 
-    from .length_control import lc_win_rate
-    from .stats import bootstrap_ci, combine_orders, counts, outcome_value, position_consistency, win_rate
+    from .length_control import bootstrap_lc, lc_win_rate
+    from .stats import (
+        bootstrap_ci,
+        combine_orders,
+        counts,
+        outcome_value,
+        position_consistency,
+        standard_error,
+        win_rate,
+    )
 
     ok = [r for r in rows if not r["failed"]]
     if not ok:
@@ -190,8 +201,13 @@ def summarize(
         "win_rate": win_rate(verdicts),
         "ci_low": low,
         "ci_high": high,
+        "standard_error": standard_error(values),
     }
-    out["lc_win_rate"] = lc_win_rate(values, [r["len_policy"] for r in ok], [r["len_reference"] for r in ok])
+    lengths = [r["len_policy"] for r in ok], [r["len_reference"] for r in ok]
+    out["lc_win_rate"] = lc_win_rate(values, *lengths)
+    lc_boot = bootstrap_lc(values, *lengths, n_boot=n_boot, seed=seed)
+    out["lc_ci"] = [lc_boot["ci_low"], lc_boot["ci_high"]]
+    out["lc_standard_error"] = lc_boot["standard_error"]
     per, per_ci = {}, {}
     for key in sorted({k for r in ok for k in r["per_principle"]}):
         vals = [outcome_value(combine_orders(*r["per_principle"][key])) for r in ok if key in r["per_principle"]]
@@ -212,6 +228,62 @@ def summarize(
         out[f"{name}_policy"] = float(np.mean([r["score_policy"] for r in ok]))
         out[f"{name}_reference"] = float(np.mean([r["score_reference"] for r in ok]))
     return out
+
+
+# eval/leaderboard.csv: AlpacaEval's leaderboard columns, on its 0-100 scale, one row per judge.
+LEADERBOARD = (
+    "judge",
+    "win_rate",
+    "standard_error",
+    "n_wins",
+    "n_wins_base",
+    "n_draws",
+    "n_total",
+    "length_controlled_winrate",
+    "lc_standard_error",
+    "avg_length",
+    "generator",
+    "reference",
+)
+
+
+def leaderboard_row(result: dict[str, Any]) -> dict[str, Any]:
+    """One judge's winrate.json as a leaderboard row: rates and standard errors times 100, as
+    AlpacaEval reports them; ``avg_length`` is the policy's mean answer length in characters.
+
+    >>> row = leaderboard_row({"judge": "j", "win_rate": 0.625, "standard_error": 0.1, "wins": 2, "losses": 1,
+    ...     "ties": 1, "n": 4, "lc_win_rate": 0.6, "lc_standard_error": 0.12, "avg_len_policy": 210.5})
+    >>> row["win_rate"], row["n_wins_base"], row["length_controlled_winrate"], row["lc_standard_error"]
+    (62.5, 1, 60.0, 12.0)
+    """
+    return {
+        "judge": result["judge"],
+        "win_rate": 100 * result["win_rate"],
+        "standard_error": 100 * result["standard_error"],
+        "n_wins": result["wins"],
+        "n_wins_base": result["losses"],
+        "n_draws": result["ties"],
+        "n_total": result["n"],
+        "length_controlled_winrate": 100 * result["lc_win_rate"],
+        "lc_standard_error": 100 * result["lc_standard_error"],
+        "avg_length": result["avg_len_policy"],
+        "generator": result.get("policy", ""),
+        "reference": result.get("reference", ""),
+    }
+
+
+def write_leaderboard(path: Path, results: list[dict[str, Any]]) -> None:
+    """``path`` (CSV, written whole then renamed into place): a row per judge that scored items;
+    a judge that failed on every item has no row (its winrate.json says why)."""
+    import csv
+    import os
+
+    tmp = path.with_suffix(".csv.tmp")
+    with open(tmp, "w", encoding="utf-8", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=LEADERBOARD)
+        writer.writeheader()
+        writer.writerows(leaderboard_row(r) for r in results if "win_rate" in r)
+    os.replace(tmp, path)
 
 
 HEADLINE = ("n", "wins", "ties", "losses", "win_rate", "ci_low", "ci_high", "lc_win_rate", "position_consistency")
@@ -255,8 +327,11 @@ def _judge_all(
     return result
 
 
-def run(cfg: EvalConfig, out: Path, run_dir: Path | None = None, rubric_path: Path | None = None) -> dict[str, Any]:
-    """Answer, judge with every judge of ``cfg``, write the files; returns OUT/winrate.json's content."""
+def run(
+    cfg: EvalConfig, out: Path, run_dir: Path | None = None, rubric_path: Path | None = None, meter=None
+) -> dict[str, Any]:
+    """Answer, judge with every judge of ``cfg``, write the files; returns OUT/winrate.json's content.
+    ``meter`` (backends.cached.Meter): counts tokens and cost, and stops before max_cost."""
     from ..judge import build_judge
     from ..rubric import load_rubric
     from ..specs import slug
@@ -266,7 +341,7 @@ def run(cfg: EvalConfig, out: Path, run_dir: Path | None = None, rubric_path: Pa
     sides = {"policy": resolve_side(cfg.policy, run_dir), "reference": resolve_side(cfg.reference, run_dir)}
     rubric = load_rubric(rubric_path)
     out.mkdir(parents=True, exist_ok=True)
-    cache = Cache(out / "cache.sqlite")
+    cache = Cache(out / "cache.sqlite", meter=meter)
     made = cached = 0
     try:
         answers = {}
@@ -298,6 +373,7 @@ def run(cfg: EvalConfig, out: Path, run_dir: Path | None = None, rubric_path: Pa
         "crisis": eval_section(speeches, text),
     }
     write_json(out / "winrate.json", summary)
+    write_leaderboard(out / "leaderboard.csv", list(results.values()))
     return {**summary, "calls_made": made, "calls_cached": cached, "n_speeches": len(speeches)}
 
 

@@ -4,7 +4,9 @@ the better of two responses: ``compare(items, progress=None) -> list[Verdict]`` 
 Both have ``name`` (specs.judge_name), ``calls_made`` / ``calls_cached`` and ``close()``.
 
 :func:`build_judge` is the one way to make either, through the registry in specs.py; every judge
-class has ``build(spec, settings, rubric, cache)``.
+class has ``build(spec, settings, rubric, cache)``. An LLM judge with its own ``template`` has
+``name_suffix`` (``[FILE@HASH]``, llm.template_suffix) after its name, so an edited template is a
+new judge with its own output folder.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ def build_judge(cfg: JudgeConfig | WinrateJudgeConfig, rubric: Rubric, cache: Ca
         judge = load_class(*JUDGE_REGISTRY[(spec.judge_kind, "rate")], f"judge '{cfg.spec}'").build(
             spec, cfg, rubric, cache
         )
-        judge.name = judge_name(cfg.spec, cfg.mode)
+        judge.name = judge_name(cfg.spec, cfg.mode) + getattr(judge, "name_suffix", "")
         return judge
     judges = []
     for text in cfg.specs:
@@ -34,7 +36,7 @@ def build_judge(cfg: JudgeConfig | WinrateJudgeConfig, rubric: Rubric, cache: Ca
         judge = load_class(*JUDGE_REGISTRY[(spec.judge_kind, "compare")], f"judge '{text}'").build(
             spec, cfg, rubric, cache
         )
-        judge.name = judge_name(text, cfg.mode)
+        judge.name = judge_name(text, cfg.mode) + getattr(judge, "name_suffix", "")
         judges.append(judge)
     if len(judges) == 1:
         return judges[0]

@@ -35,8 +35,16 @@ from ..errors import UserError
 from ..records import Speech
 from ..rubric import Rubric
 from ..store import Cache
-from .llm import TEMPLATES, ask_per_key, ask_with_retries, render_context, render_principles
-from .parse import TIE_BAND, letter_preference, parse_json_comparison
+from .llm import (
+    StructuredOutput,
+    ask_per_key,
+    ask_with_retries,
+    load_template,
+    render_context,
+    render_principles,
+    template_suffix,
+)
+from .parse import TIE_BAND, comparison_schema, letter_preference, parse_json_comparison
 
 OVERALL = "overall"
 
@@ -80,16 +88,20 @@ Progress = Callable[[int], Any] | None
 
 class LLMPairwiseJudge:
     """An LLM compares two responses, on ``backend`` (usually a CachedBackend), as ``settings``
-    say (mode, retries, max_tokens, min_mass, per_principle). Retries of unparseable json replies
-    run at temperature 0.7 with a new seed, so each retry is a new cache key."""
+    say (mode, retries, max_tokens, min_mass, per_principle, template, structured). Retries of
+    unparseable json replies run at temperature 0.7 with a new seed, so each retry is a new cache
+    key."""
 
     def __init__(self, backend: Backend, settings: WinrateJudgeConfig, rubric: Rubric, tie_band: float = TIE_BAND):
         if OVERALL in rubric.keys:
             raise UserError(f"a rubric principle may not be keyed '{OVERALL}': pairwise judges use it for the verdict")
         self.backend, self.settings, self.rubric, self.tie_band = backend, settings, rubric, tie_band
         self.mode = settings.mode
-        self.name = f"llm-{settings.mode}:{backend.model}"
-        self.template = (TEMPLATES / f"compare_{self.mode}.txt").read_text(encoding="utf-8").rstrip("\n")
+        self.name_suffix = template_suffix(settings.template, "compare", self.mode)
+        self.name = f"llm-{settings.mode}:{backend.model}" + self.name_suffix
+        self.template = load_template(settings.template, "compare", self.mode).rstrip("\n")
+        schema = comparison_schema(rubric.keys)
+        self.structured = StructuredOutput(settings.structured, backend, self.mode, "comparison", schema)
 
     @classmethod
     def build(cls, spec, settings: WinrateJudgeConfig, rubric: Rubric, cache: Cache) -> LLMPairwiseJudge:
@@ -110,7 +122,11 @@ class LLMPairwiseJudge:
 
     def json_request(self, item: Comparison, attempt: int) -> ChatRequest:
         fields = ", ".join(f'"{k}": "A" | "B" | "tie"' for k in self.rubric.keys)
-        params: dict[str, Any] = {"temperature": 0.0, "max_tokens": self.settings.max_tokens}
+        params: dict[str, Any] = {
+            "temperature": 0.0,
+            "max_tokens": self.settings.max_tokens,
+            **self.structured.params(),
+        }
         if attempt:
             params.update(temperature=0.7, seed=attempt)
         return ChatRequest(
@@ -145,6 +161,7 @@ class LLMPairwiseJudge:
             lambda i, error, raw: Verdict.failure(error, raw),
             self.settings.retries,
             progress,
+            lambda comps: self.structured.refused(comps, self.name),
         )
 
     def _compare_logprob(self, items: list[Comparison], progress: Progress) -> list[Verdict]:

@@ -88,6 +88,26 @@ def parse_json_scores(text: str, keys: list[str]) -> tuple[dict[str, float], str
     return scores, rationale if isinstance(rationale, str) else json.dumps(rationale)
 
 
+def rating_schema(keys: list[str]) -> dict:
+    """The JSON schema of a json-mode rating, sent as ``response_format`` (structured outputs):
+    ``{"scores": {key: 1-5 integer}, "rationale": str}``, the form parse_json_scores reads.
+    An enum rather than minimum/maximum: strict structured outputs accept enums everywhere.
+
+    >>> rating_schema(["empathy"])["properties"]["scores"]["properties"]
+    {'empathy': {'type': 'integer', 'enum': [1, 2, 3, 4, 5]}}
+    """
+    scores = {k: {"type": "integer", "enum": [1, 2, 3, 4, 5]} for k in keys}
+    return {
+        "type": "object",
+        "properties": {
+            "scores": {"type": "object", "properties": scores, "required": list(keys), "additionalProperties": False},
+            "rationale": {"type": "string"},
+        },
+        "required": ["scores", "rationale"],
+        "additionalProperties": False,
+    }
+
+
 MIN_DIGIT_MASS = 0.5  # below this the judge was not answering with a score at all
 
 
@@ -185,6 +205,21 @@ def parse_json_comparison(text: str, keys: list[str]) -> tuple[dict[str, str], s
             raise ParseError(f"verdict for '{key}': {e}") from None
     rationale = obj.get("rationale", "")
     return out, rationale if isinstance(rationale, str) else json.dumps(rationale)
+
+
+def comparison_schema(keys: list[str]) -> dict:
+    """The JSON schema of a json-mode comparison (``response_format``): a verdict "A", "B" or
+    "tie" for every principle key and "overall", and a rationale, flat, as parse_json_comparison
+    reads it.
+
+    >>> schema = comparison_schema(["empathy"])
+    >>> schema["required"], schema["properties"]["overall"]
+    (['empathy', 'overall', 'rationale'], {'type': 'string', 'enum': ['A', 'B', 'tie']})
+    """
+    names = [k for k in keys if k != "overall"] + ["overall"]
+    props: dict = {k: {"type": "string", "enum": ["A", "B", "tie"]} for k in names}
+    props["rationale"] = {"type": "string"}
+    return {"type": "object", "properties": props, "required": [*names, "rationale"], "additionalProperties": False}
 
 
 MIN_LETTER_MASS = 0.5  # below this the judge was not answering A or B at all

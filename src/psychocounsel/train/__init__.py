@@ -46,7 +46,8 @@ def use_step_log(trainer, margin_key: str, accuracy_key: str) -> None:
 
 
 def save_merged(trainer, out):
-    """Save the trained model (LoRA merged into the base) as safetensors, and the tokenizer.
+    """Save the trained model (LoRA merged into the base) as safetensors, the tokenizer and the
+    training arguments (``training_args.json``).
 
     Safe under ``accelerate launch``: ``Trainer.save_model`` gathers ZeRO-3 shards and writes on
     the main process only; every process waits for the files. Returns the in-memory model on a
@@ -65,8 +66,21 @@ def save_merged(trainer, out):
         trainer.save_model(str(out))
     if trainer.accelerator.is_main_process:
         trainer.processing_class.save_pretrained(out)
+        _arguments_as_json(trainer, out)
     trainer.accelerator.wait_for_everyone()
     return model if trainer.accelerator.num_processes == 1 else None
+
+
+def _arguments_as_json(trainer, out) -> None:
+    """The training arguments as ``training_args.json``, in place of the ``training_args.bin``
+    pickle that ``Trainer.save_model`` writes: a published folder holds no pickles."""
+    import json
+    from pathlib import Path
+
+    from ..store import write_json
+
+    (Path(out) / "training_args.bin").unlink(missing_ok=True)
+    write_json(Path(out) / "training_args.json", json.loads(trainer.args.to_json_string()))
 
 
 def is_main_process(trainer) -> bool:

@@ -25,7 +25,7 @@ from ..card import intended_use
 from ..config import DPOConfig
 from ..errors import UserError
 from ..progress import enabled as progress_enabled
-from . import is_main_process, lora_config, save_merged, use_step_log
+from . import checkpoints, is_main_process, lora_config, save_merged, use_step_log
 
 log = logging.getLogger(__name__)
 
@@ -51,20 +51,25 @@ def to_dpo_rows(rows: list[dict], chat: bool) -> list[dict]:
     ...
     psychocounsel.errors.UserError: pair 0 has no 'question' or 'prompt' text
     """
+    from ..reward_model import as_messages, as_text
+
     out = []
     for i, row in enumerate(rows):
+        # Text, or (pairs_io's conversational rows, e.g. from `pairs --format trl`) lists of messages.
         prompt = row.get("question", row.get("prompt"))
-        if not isinstance(prompt, str) or not prompt.strip():
+        if not isinstance(prompt, (str, list)) or not as_text(prompt).strip():
             raise UserError(f"pair {i} has no 'question' or 'prompt' text")
         chosen, rejected = row.get("chosen"), row.get("rejected")
-        if not isinstance(chosen, str) or not isinstance(rejected, str) or not chosen.strip() or not rejected.strip():
+        if not all(isinstance(x, (str, list)) and as_text(x).strip() for x in (chosen, rejected)):
             raise UserError(f"pair {i} needs non-empty 'chosen' and 'rejected' text")
+        if not chat:
+            prompt, chosen, rejected = as_text(prompt), as_text(chosen), as_text(rejected)
         if chat:
             out.append(
                 {
-                    "prompt": [{"role": "user", "content": prompt.strip()}],
-                    "chosen": [{"role": "assistant", "content": chosen.strip()}],
-                    "rejected": [{"role": "assistant", "content": rejected.strip()}],
+                    "prompt": as_messages(prompt.strip() if isinstance(prompt, str) else prompt, "user"),
+                    "chosen": as_messages(chosen.strip() if isinstance(chosen, str) else chosen, "assistant"),
+                    "rejected": as_messages(rejected.strip() if isinstance(rejected, str) else rejected, "assistant"),
                 }
             )
         else:
@@ -101,9 +106,11 @@ def _dpo_config(out: Path, cfg: DPOConfig):
 
     cuda = torch.cuda.is_available()
     return DPOConfig(
-        output_dir=str(out),
-        report_to="none",
-        save_strategy="no",
+        output_dir=str(checkpoints.checkpoint_folder(out)),
+        report_to=checkpoints.report_to(cfg.report_to),
+        save_strategy="steps" if cfg.save_steps else "no",
+        save_steps=cfg.save_steps or 1,  # save_strategy "no" ignores it; 0 is not a valid value
+        save_total_limit=cfg.save_total_limit,
         disable_tqdm=not progress_enabled(),
         use_cpu=not cuda,
         bf16=cuda,
@@ -163,6 +170,7 @@ def build_trainer(rows: list[dict], base: str, out: Path, cfg: DPOConfig):
         peft_config=lora_config(cfg.lora_r, "CAUSAL_LM") if cfg.lora else None,
     )
     use_step_log(trainer, "rewards/margins", "rewards/accuracies")
+    trainer.add_callback(checkpoints.skip_final_checkpoint())
     return trainer
 
 
@@ -193,9 +201,10 @@ def _fmt(x: Any) -> str:
 
 def write_model_card(out: Path, base: str, cfg: DPOConfig, summary: dict[str, Any], n_pairs: int) -> None:
     from .. import __version__
+    from ..card import MODEL_LICENCE_NOTE, model_front_matter
 
     method = f"LoRA r={cfg.lora_r}, merged" if cfg.lora else "full fine-tuning"
-    text = f"""# Counseling policy (psychocounsel {__version__}, DPO)
+    text = f"""{model_front_matter("dpo", base)}# Counseling policy (psychocounsel {__version__}, DPO)
 
 Trained with offline DPO (TRL `DPOTrainer`) on {n_pairs} principle-rated preference pairs
 (PsychoCounsel-Preference format) by psychocounsel's DPO stage.
@@ -226,15 +235,20 @@ OpenAI-compatible chat endpoint behind psychocounsel's crisis screen: a crisis m
 answered with crisis resources, not by the model. Served any other way (vLLM, transformers), it
 has no such screen in front of it.
 
+{MODEL_LICENCE_NOTE}
+
 {MODEL_INTENDED_USE}
 """
     (out / "README.md").write_text(text, encoding="utf-8")
 
 
-def train_dpo(rows: list[dict], cfg: DPOConfig, out: Path, base: str | None = None) -> dict[str, Any]:
+def train_dpo(
+    rows: list[dict], cfg: DPOConfig, out: Path, base: str | None = None, resume: bool = False
+) -> dict[str, Any]:
     """DPO-train a local model on ``rows``; write the policy, log and card to ``out``. The model
     is ``base`` when given (online DPO's current policy), else ``cfg.base`` (a DPOStageConfig).
-    ``cfg.lr`` defaults to the paper's 5e-7 (made for batch 64). Returns the headline numbers
+    ``cfg.lr`` defaults to the paper's 5e-7 (made for batch 64). ``resume``: continue from the
+    last checkpoint in ``out/checkpoints`` (see ``checkpoints``). Returns the headline numbers
     (``summarize``)."""
     from ..store import write_json
 
@@ -242,12 +256,16 @@ def train_dpo(rows: list[dict], cfg: DPOConfig, out: Path, base: str | None = No
         raise UserError("no preference pairs to train on (0 rows)")
     base = base or getattr(cfg, "base", "default")
     out = Path(out)
+    ident = checkpoints.identity(base, rows, cfg.model_dump(mode="json"))
+    point = checkpoints.resume_point(out, ident, resume, finished=(out / "train_log.json").is_file())
     out.mkdir(parents=True, exist_ok=True)
     trainer = build_trainer(rows, base, out, cfg)
     if len(trainer.train_dataset) == 0:
         raise UserError(f"every pair is longer than max_length={cfg.max_length} in its prompt alone; raise max_length")
+    if point is None:
+        checkpoints.start(out, ident, is_main_process(trainer))
     start = time.perf_counter()
-    trainer.train()
+    trainer.train(resume_from_checkpoint=str(point) if point else None)
     seconds = time.perf_counter() - start
     save_merged(trainer, out)
     if not is_main_process(trainer):
@@ -256,4 +274,5 @@ def train_dpo(rows: list[dict], cfg: DPOConfig, out: Path, base: str | None = No
     write_json(out / "train_log.json", history)
     summary = summarize(history, seconds)
     write_model_card(out, base, cfg, summary, len(rows))
+    checkpoints.finish(out, is_main=True)
     return summary

@@ -12,7 +12,9 @@ Layout under ``out``::
     round_R/pairs.jsonl    prompt, chosen, rejected, chosen_reward, rejected_reward (+ id)
     round_R/policy/        the DPO-updated policy (train_dpo's output)
     round_R/metrics.json   n_pairs, mean_gap, dev_mean_reward, dpo summary
-    round_R/DONE           written last: a round without it is redone from scratch
+    round_R/DONE           written last: a round without it is redone from scratch, unless its
+                           DPO was killed part-way after a checkpoint (policy/checkpoints): then
+                           its pairs are kept and the DPO resumes
     summary.json, best/    the best round and a copy of its policy
 """
 
@@ -21,6 +23,7 @@ from __future__ import annotations
 import logging
 import random
 import shutil
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +33,7 @@ from ..config import OnlineConfig
 from ..errors import UserError
 from ..specs import parse_spec
 from ..store import read_json, read_jsonl, stable_hash, write_json, write_jsonl
+from . import checkpoints
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +76,11 @@ def _require_inputs(policy: str, reward_model: Path, speeches: list[dict]) -> No
         raise UserError(f"policy path does not exist: {policy}")
 
 
+# Where the sampling calls of the current train_online are counted (run.json's tokens), without
+# passing a meter through every function between the stage and the backend call.
+_METER: ContextVar = ContextVar("psychocounsel_online_meter", default=None)
+
+
 def _generate(policy: str, prompts: list[str], params: list[dict], batch_size: int) -> list[str | None]:
     """One batched backend call; the text of each completion, ``None`` where it failed or is empty."""
     from ..backends import ChatRequest, load_backend
@@ -82,6 +91,9 @@ def _generate(policy: str, prompts: list[str], params: list[dict], batch_size: i
         done = backend.complete([ChatRequest([{"role": "user", "content": p}], q) for p, q in zip(prompts, params)])
     finally:
         backend.close()
+    meter = _METER.get()
+    if meter is not None:
+        meter.record(backend.model, done, cached=False)
     return [c.text if not c.error and c.text.strip() else None for c in done]
 
 
@@ -151,14 +163,18 @@ def _run_round(
 
     train, dev = data
     folder = out / f"round_{r}"
-    if folder.exists():
-        shutil.rmtree(folder)  # a round without DONE died part-way: redo it from scratch
-    folder.mkdir(parents=True)
     batch = random.Random(f"{cfg.seed}-round-{r}").sample(train, min(cfg.speeches_per_round, len(train)))
-    pairs = _sample_pairs(policy, rm, batch, cfg)
-    write_jsonl(folder / "pairs.jsonl", pairs)
+    if _dpo_interrupted(folder):
+        pairs = read_jsonl(folder / "pairs.jsonl")
+        log.info("online round %d: resuming its DPO update from %s", r, folder / "policy" / "checkpoints")
+    else:
+        if folder.exists():
+            shutil.rmtree(folder)  # a round without DONE died part-way: redo it from scratch
+        folder.mkdir(parents=True)
+        pairs = _sample_pairs(policy, rm, batch, cfg)
+        write_jsonl(folder / "pairs.jsonl", pairs)
     if pairs:
-        dpo = train_dpo(pairs, cfg.round_dpo(), folder / "policy", base=policy)
+        dpo = train_dpo(pairs, cfg.round_dpo(), folder / "policy", base=policy, resume=True)
     else:  # nothing to learn from: the policy carries over unchanged so round r+1 has a base
         from ..specs import local_model
 
@@ -184,6 +200,17 @@ def _run_round(
         metrics["dev_n"],
     )
     return metrics
+
+
+def _dpo_interrupted(folder: Path) -> bool:
+    """Whether a round died in its DPO update after a checkpoint, its pairs complete (written
+    atomically before the update) and its policy not yet saved."""
+    policy = folder / "policy"
+    return (
+        (folder / "pairs.jsonl").is_file()
+        and not (policy / "train_log.json").is_file()
+        and bool(checkpoints.complete(checkpoints.checkpoint_folder(policy)))
+    )
 
 
 def _round_zero(policy: str, rm, dev: list[dict], out: Path, cfg: OnlineConfig) -> dict[str, Any]:
@@ -229,10 +256,21 @@ def _keep_best(metrics: list[dict], policy: str, out: Path) -> dict[str, Any]:
     return summary
 
 
-def train_online(policy: str, reward_model: Path, speeches: list[dict], out: Path, cfg: OnlineConfig) -> dict[str, Any]:
+def train_online(
+    policy: str, reward_model: Path, speeches: list[dict], out: Path, cfg: OnlineConfig, meter=None
+) -> dict[str, Any]:
     """Run ``cfg.rounds`` of DPO-Iter from ``policy`` (a local model folder or ``default``),
     resuming the rounds already DONE in ``out``. ``speeches`` are ``{"id", "text"}`` dicts (see
-    ``read_speeches``). Returns summary.json."""
+    ``read_speeches``). Returns summary.json. ``meter`` (backends.cached.Meter) counts the
+    policy's sampling calls and tokens."""
+    token = _METER.set(meter)
+    try:
+        return _train_online(policy, reward_model, speeches, out, cfg)
+    finally:
+        _METER.reset(token)
+
+
+def _train_online(policy: str, reward_model: Path, speeches: list[dict], out: Path, cfg: OnlineConfig) -> dict:
     policy, out = str(policy), Path(out)
     _require_inputs(policy, Path(reward_model), speeches)
     from ..reward_model import load_reward_model
@@ -248,7 +286,9 @@ def train_online(policy: str, reward_model: Path, speeches: list[dict], out: Pat
             "reward_model": str(reward_model),
             "speeches": stable_hash([[s["id"], s["text"]] for s in speeches]),
             **settings,
-            "dpo_options": cfg.round_dpo().model_dump(mode="json", exclude_unset=True),
+            "dpo_options": cfg.round_dpo().model_dump(
+                mode="json", exclude_unset=True, exclude=set(checkpoints.NOT_IDENTITY)
+            ),
         },
     )
     rm = load_reward_model(reward_model)

@@ -28,7 +28,7 @@ from ..errors import UserError
 from ..pairs_io import load_pairs
 from ..progress import enabled as progress_enabled
 from ..reward_model import encode, ensure_pad_token
-from . import is_main_process, lora_config, save_merged, use_step_log
+from . import checkpoints, is_main_process, lora_config, save_merged, use_step_log
 
 log = logging.getLogger(__name__)
 
@@ -52,9 +52,11 @@ def _reward_config(out: Path, cfg: RewardModelConfig, n_rows: int):
         raise UserError("cpu=False asks for a GPU, but torch sees no CUDA device")
     steps = math.ceil(n_rows / (cfg.batch_size * cfg.grad_accum)) * cfg.epochs
     return RewardConfig(
-        output_dir=str(out),
-        report_to="none",
-        save_strategy="no",
+        output_dir=str(checkpoints.checkpoint_folder(out)),
+        report_to=checkpoints.report_to(cfg.report_to),
+        save_strategy="steps" if cfg.save_steps else "no",
+        save_steps=cfg.save_steps or 1,  # save_strategy "no" ignores it; 0 is not a valid value
+        save_total_limit=cfg.save_total_limit,
         disable_tqdm=not progress_enabled(),
         use_cpu=cpu,
         bf16=not cpu,  # TRL defaults bf16=True; CPU autocast in bf16 is slow and lossy
@@ -128,6 +130,7 @@ def build_reward_trainer(rows: list[dict], cfg: RewardModelConfig, out: Path):
         peft_config=lora_config(cfg.lora_r, "SEQ_CLS") if cfg.lora else None,
     )
     use_step_log(trainer, "margin", "accuracy")
+    trainer.add_callback(checkpoints.skip_final_checkpoint())
     return trainer
 
 
@@ -144,10 +147,11 @@ def _train_summary(history: list[dict], seconds: float) -> dict[str, Any]:
 
 def write_model_card(out: Path, cfg: RewardModelConfig, metrics: dict[str, Any]) -> None:
     from .. import __version__
+    from ..card import MODEL_LICENCE_NOTE, model_front_matter
 
     method = f"LoRA r={cfg.lora_r}, merged" if cfg.lora else "full fine-tuning"
     loss = "-log sigmoid(r_c - r_r - margin)" if metrics["margin_used"] else "-log sigmoid(r_c - r_r)"
-    text = f"""# Counseling reward model (psychocounsel {__version__})
+    text = f"""{model_front_matter("reward-model", cfg.base)}# Counseling reward model (psychocounsel {__version__})
 
 A Bradley-Terry reward model (TRL `RewardTrainer`) trained on principle-rated preference pairs
 (PsychoCounsel-Preference format). Made by `psychocounsel train-rm`. It outputs one number
@@ -179,13 +183,18 @@ A margin-trained model pushes differences past the margin, so its sigmoid is ove
 (OpenRLHF's remote reward shape: `{{"query": [...]}}` to `{{"rewards": [...]}}`), `POST /v1/score`
 and best-of-n answers. The rewards are those of `psychocounsel eval-rm` for the same pairs.
 
+{MODEL_LICENCE_NOTE}
+
 {INTENDED_USE}
 """
     (out / "README.md").write_text(text, encoding="utf-8")
 
 
-def train_reward_model(pairs_source: str | Path, cfg: RewardModelConfig, out: Path) -> dict[str, Any]:
+def train_reward_model(
+    pairs_source: str | Path, cfg: RewardModelConfig, out: Path, resume: bool = False
+) -> dict[str, Any]:
     """Train a reward model on the train split of ``pairs_source``; evaluate on its test split.
+    ``resume``: continue from the last checkpoint in ``out/checkpoints`` (see ``checkpoints``).
 
     ``cfg.lr`` defaults to the paper's 9e-6 (made for batch 128 = ``batch_size`` x ``grad_accum``
     x processes under ``accelerate launch``). ``cfg.use_margin`` subtracts each pair's score margin
@@ -206,10 +215,14 @@ def train_reward_model(pairs_source: str | Path, cfg: RewardModelConfig, out: Pa
         log.info("not every training pair has a margin; training without one")
     cfg = cfg.model_copy(update={"use_margin": margin_used})
     out = Path(out)
+    ident = checkpoints.identity(cfg.base, train, cfg.model_dump(mode="json"))
+    point = checkpoints.resume_point(out, ident, resume, finished=(out / "metrics.json").is_file())
     out.mkdir(parents=True, exist_ok=True)
     trainer = build_reward_trainer(train, cfg, out)
+    if point is None:
+        checkpoints.start(out, ident, is_main_process(trainer))
     start = time.perf_counter()
-    trainer.train()
+    trainer.train(resume_from_checkpoint=str(point) if point else None)
     seconds = time.perf_counter() - start
     model = save_merged(trainer, out)
     if not is_main_process(trainer):
@@ -235,4 +248,5 @@ def train_reward_model(pairs_source: str | Path, cfg: RewardModelConfig, out: Pa
         [{"r_chosen": float(c), "r_rejected": float(r)} for c, r in zip(r_chosen, r_rejected)],
     )
     write_model_card(out, cfg, metrics)
+    checkpoints.finish(out, is_main=True)
     return metrics
