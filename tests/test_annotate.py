@@ -100,6 +100,23 @@ def test_prepare_screens_samples_and_resumes(tmp_path, pairs_file):
         prepare(cfg.model_copy(update={"pairs": str(tmp_path / "other.jsonl")}))
 
 
+def test_trl_conversational_pairs_are_shown_as_text(tmp_path):
+    rows = [
+        {
+            "prompt": [{"role": "user", "content": p["prompt"]}],
+            "chosen": [{"role": "assistant", "content": p["chosen"]}],
+            "rejected": [{"role": "assistant", "content": p["rejected"]}],
+        }
+        for p in PAIRS
+    ]
+    path = tmp_path / "trl.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    store, _ = prepare(AnnotateConfig(pairs=str(path), db=tmp_path / "t.sqlite", annotators="ana"))
+    assert sorted(i.prompt for i in store.items()) == sorted(p["prompt"] for p in PAIRS)
+    assert {i.crisis for i in store.items() if i.prompt == CRISIS} == {"crisis"}
+    store.close()
+
+
 def test_blinded_order_and_sides_differ_by_annotator_and_hold_across_visits(page):
     url, store, tokens = page
     orders = {

@@ -30,12 +30,14 @@ def prepare(cfg: AnnotateConfig) -> tuple[AnnotationStore, dict[str, str]]:
     """The store of ``cfg.db``, filled from ``cfg.pairs`` the first time (sampled, screened for
     crisis); tokens for annotators it does not know yet (name -> token, to hand out once)."""
     from ..pairs_io import load_pairs
+    from ..reward_model import as_text
     from ..safety import screen
 
     store = open_store(cfg.db, must_exist=False)
     meta = store.meta()
     if not meta:
-        rows = load_pairs(cfg.pairs, cfg.split)
+        # TRL's conversational pairs (--format trl) hold messages: the page shows them as text.
+        rows = [{k: as_text(r[k]) for k in ("prompt", "chosen", "rejected")} for r in load_pairs(cfg.pairs, cfg.split)]
         if cfg.sample and cfg.sample < len(rows):
             rows = random.Random(cfg.seed).sample(rows, cfg.sample)
         levels = [a.level for a in screen([r["prompt"] for r in rows])]
