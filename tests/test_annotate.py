@@ -371,6 +371,10 @@ def test_the_page_end_to_end_in_chromium(page, tmp_path):
     assert alerts == []
     assert main(["annotate", "export", "--db", str(store.path), "--out", str(tmp_path / "export.jsonl"), "-q"]) == 0
     exported = [json.loads(line) for line in (tmp_path / "export.jsonl").read_text().splitlines()]
+    scored = [r for r in exported if any(k.startswith("score_") for k in r)]
+    assert [{k: v for k, v in r.items() if k.startswith("score_")} for r in scored] == [
+        {f"score_{'rejected' if store.chosen_first('ana', scored[0]['pair_id']) else 'chosen'}_empathy": 4}
+    ]
     labels = {a["pair_id"]: a for a in store.all_answers() if a["annotator"] == "ana"}
     assert {(r["pair_id"], r["label"], r["flagged"]) for r in exported} == {
         (p, a["label"], a["flagged"]) for p, a in labels.items()

@@ -75,7 +75,11 @@ def export_rows(store: AnnotationStore) -> list[dict[str, Any]]:
             "pair_id": a["pair_id"],
             "annotator": a["annotator"],
             "label": a["label"],
-            **{f"score_{k}": v for k, v in sorted(a["scores"].items())},
+            **{
+                f"score_{side}_{k}": v
+                for side, values in sorted(a["scores"].items())
+                for k, v in sorted(values.items())
+            },
             "comment": a["comment"],
             "flagged": a["flagged"],
             "crisis": items[a["pair_id"]].crisis,
