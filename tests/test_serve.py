@@ -370,7 +370,8 @@ def test_startup_errors_are_one_line(tmp_path, tiny_lm):
         (["--policy", str(tmp_path / "missing")], "missing"),
         (["--policy", str(tiny_lm), "--reward-model", str(tmp_path)], "not a model folder"),
         (["--policy", str(tiny_lm), "--best-of", "4"], "needs --reward-model"),
-        (["--policy", "openai:gpt-4o"], "local model"),
+        (["--policy", "openai:gpt-4o"], "give --upstream-url"),
+        (["--policy", str(tiny_lm), "--upstream-url", "http://127.0.0.1:1/v1"], "a local --policy is decoded here"),
     ]:
         r = run_cli("serve", *args, "--port", str(free_port()))
         assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr, r.stderr
@@ -511,6 +512,42 @@ def test_cors_is_off_by_default(server):
         headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"},
     )
     assert "access-control-allow-origin" not in r.headers
+
+
+# -- in front of an upstream server (vLLM's, on a GPU) -------------------------------------------
+
+
+def test_in_front_of_an_upstream_server_routing_and_streaming_stay_here(server, monkeypatch):
+    url, upstream = server  # the tiny server stands in for vLLM
+    monkeypatch.setenv("TEST_UPSTREAM_KEY", KEY)
+    cfg = ServeConfig(
+        policy="openai:psychocounsel",
+        upstream_url=f"{url}/v1",
+        upstream_key_env="TEST_UPSTREAM_KEY",
+        port=free_port(),
+        locale="en_US",
+    )
+    with running(cfg) as (front, service):
+        whole = chat(front, headers={}, max_tokens=8, temperature=1.0, seed=9).json()
+        assert whole["safety"]["level"] == "none" and whole["choices"][0]["message"]["content"]
+        assert whole["usage"]["prompt_tokens"] > 0 and whole["usage"]["completion_tokens"] > 0  # the upstream's
+        body = {"model": "psychocounsel", "messages": [{"role": "user", "content": SAD}], "max_tokens": 8}
+        body |= {"temperature": 1.0, "seed": 9, "stream": True}
+        with httpx.stream("POST", f"{front}/v1/chat/completions", json=body, timeout=60) as r:
+            events = sse_events(r)
+        text = "".join(e["choices"][0]["delta"].get("content", "") for e in events[:-1] if e["choices"])
+        assert text.strip() == whole["choices"][0]["message"]["content"] and events[-1] == "[DONE]"
+        asked = upstream.batcher.rows_done
+        crisis = chat(front, CRISIS, headers={}).json()
+        assert crisis["safety"]["level"] == "crisis" and "988" in crisis["choices"][0]["message"]["content"]
+        assert upstream.batcher.rows_done == asked  # the upstream was never asked
+
+
+def test_an_unreachable_upstream_is_a_failed_health_check(tmp_path):
+    cfg = ServeConfig(policy="openai:m", upstream_url=f"http://127.0.0.1:{free_port()}/v1", port=free_port())
+    app, service = build(cfg)
+    service.load()
+    assert service.load_error and "not reachable" in service.load_error
 
 
 # -- the project's own openai backend and judges through the server ----------------------------

@@ -465,7 +465,15 @@ class TrainJudgeConfig(_Strict):
 class ServeConfig(_Strict):
     """psychocounsel serve: the policy (and a reward model) over HTTP, behind the crisis screen."""
 
-    policy: str = Field(description="policy to serve: a model folder, a .gguf file, or 'default' (SmolLM2-135M)")
+    policy: str = Field(
+        description="policy to serve: a model folder, a .gguf file, 'default' (SmolLM2-135M), or openai:MODEL "
+        "on --upstream-url"
+    )
+    upstream_url: str | None = Field(
+        None,
+        description="an OpenAI-compatible server (e.g. vLLM's, http://127.0.0.1:8001/v1) that decodes an openai: policy",
+    )
+    upstream_key_env: str = Field("OPENAI_API_KEY", description="environment variable with the upstream's key, if any")
     reward_model: Path | None = Field(None, description="reward model folder: /get_reward, /v1/score and best-of-n")
     host: str = Field("127.0.0.1", description="address to bind; any other than loopback needs an API key")
     port: int = Field(8000, ge=1, le=65535, description="port")

@@ -22,9 +22,9 @@ from ..errors import UserError
 log = logging.getLogger("psychocounsel.serve")
 
 VLLM_HINT = (
-    "GPU found: for GPU throughput, serve the policy with vLLM's OpenAI-compatible server instead "
-    "(pip install vllm):\n  vllm serve {policy} --served-model-name {name} --host {host} --port {port}\n"
-    "and keep crisis routing in front of it: vLLM does not screen messages."
+    "GPU found: for GPU throughput, let vLLM decode (pip install vllm) and keep this server, with its crisis "
+    "routing, in front:\n  vllm serve {policy} --served-model-name {name} --host 127.0.0.1 --port 8001\n"
+    "  psychocounsel serve --policy openai:{name} --upstream-url http://127.0.0.1:8001/v1 --port {port}"
 )
 
 
@@ -60,8 +60,16 @@ def check(cfg: ServeConfig) -> None:
     from ..specs import local_model, parse_spec
 
     if parse_spec(cfg.policy).kind == "openai":
-        raise UserError("--policy must be a local model (a folder, a .gguf file or 'default'), not an openai: spec")
-    local_model(cfg.policy)  # raises a UserError naming a path that does not exist
+        if not cfg.upstream_url:
+            raise UserError(
+                "an openai: policy is decoded upstream: give --upstream-url (e.g. vLLM's http://HOST:PORT/v1)"
+            )
+        if not cfg.upstream_url.startswith(("http://", "https://")):
+            raise UserError(f"--upstream-url must start with http:// or https://, got {cfg.upstream_url[:60]!r}")
+    elif cfg.upstream_url:
+        raise UserError("--upstream-url serves an openai:MODEL policy; a local --policy is decoded here")
+    else:
+        local_model(cfg.policy)  # raises a UserError naming a path that does not exist
     if cfg.reward_model is not None and not (cfg.reward_model.expanduser() / "config.json").is_file():
         raise UserError(f"--reward-model {cfg.reward_model} is not a model folder (no config.json)")
     if cfg.best_of > 1 and cfg.reward_model is None:
@@ -95,7 +103,7 @@ def serve(cfg: ServeConfig) -> None:
     try:
         import torch
 
-        if torch.cuda.is_available():
+        if torch.cuda.is_available() and not cfg.upstream_url:
             print(VLLM_HINT.format(policy=cfg.policy, name=cfg.model_name, host=cfg.host, port=cfg.port), flush=True)
     except ImportError:
         pass

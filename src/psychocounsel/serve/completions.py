@@ -75,6 +75,7 @@ class Completions:
                 req.stops(),
                 top,
                 on_text=sinks[i] if sinks else None,
+                messages=req.dialogue(),
             )
             for i in range(k)
         ]
@@ -104,7 +105,8 @@ class Completions:
 
     def _crisis_choices(self, decision, n: int) -> tuple[list[str], int]:
         text = self.service.router.crisis_reply(decision)
-        return [text] * n, len(self.service.engine.tok(text, add_special_tokens=False)["input_ids"]) * n
+        tok = self.service.engine.tok  # None behind an upstream server: nothing was generated to count
+        return [text] * n, len(tok(text, add_special_tokens=False)["input_ids"]) * n if tok else 0
 
     # -- whole answers ---------------------------------------------------------------------------
 
@@ -134,8 +136,9 @@ class Completions:
             choices.append(choice)
         if rewards is not None:
             extra["best_of"] = {"n": k, "rewards": rewards}
-        self._log(rid, decision, k, len(prompt), spent, start)
-        return schemas.completion_body(rid, self.cfg.model_name, choices, schemas.usage(len(prompt), spent), extra)
+        read = len(prompt) or max(s.prompt_tokens for s in sampled)  # an upstream counts its own prompt
+        self._log(rid, decision, k, read, spent, start)
+        return schemas.completion_body(rid, self.cfg.model_name, choices, schemas.usage(read, spent), extra)
 
     @staticmethod
     def _choice(i: int, text: str, finish: str, logprobs: list | None = None) -> dict[str, Any]:
@@ -183,7 +186,7 @@ class Completions:
 
         opening = {"delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}
         suffix = self.service.router.concern_suffix(decision) if decision.level == "concern" else ""
-        spent = 0
+        spent, read = 0, len(prompt)
         try:
             yield chunk([{"index": i, **opening} for i in range(n)], safety=decision.to_dict())
             if decision.level == "crisis":
@@ -193,20 +196,20 @@ class Completions:
                     yield finish(i, "stop")
             elif incremental:
                 async for event in self._deltas(rows, queue, suffix, delta, finish):
-                    if isinstance(event, int):
-                        spent += event
+                    if isinstance(event, Sampled):
+                        spent, read = spent + event.completion_tokens, max(read, event.prompt_tokens)
                     else:
                         yield event
             else:
                 sampled = await self._gather(rows)
-                spent = sum(s.completion_tokens for s in sampled)
+                spent, read = sum(s.completion_tokens for s in sampled), max(read, *(s.prompt_tokens for s in sampled))
                 chosen, rewards = await self._best(req.dialogue(), sampled, n)
                 for i, s in enumerate(chosen):
                     yield delta(i, s.text + suffix)
                     yield finish(i, s.finish_reason)
                 yield chunk([], best_of={"n": len(rows), "rewards": rewards})
             if req.stream_options and req.stream_options.include_usage:
-                yield chunk([], usage=schemas.usage(len(prompt), spent))
+                yield chunk([], usage=schemas.usage(read, spent))
             yield _sse("[DONE]")
         except ApiError as e:  # after the first byte the status is sent: the error goes in the stream
             yield _sse(schemas.error_body(e.message, e.kind, e.code))
@@ -214,11 +217,11 @@ class Completions:
         finally:
             for r in rows:
                 r.cancelled.set()  # a client that went away stops using the batch
-            self._log(rid, decision, len(rows), len(prompt), spent, start)
+            self._log(rid, decision, len(rows), read, spent, start)
 
     async def _deltas(self, rows: list[Row], queue: asyncio.Queue, suffix: str, delta, finish):
         """Content deltas as rows produce them, and a row's finishing chunk when it is done. Also
-        yields each finished row's completion token count (an int), for the usage chunk."""
+        yields each finished row's Sampled, for the usage chunk."""
         loop = asyncio.get_running_loop()
         futures = self.service.batcher.submit(rows)
         for i, f in enumerate(futures):
@@ -240,7 +243,7 @@ class Completions:
             if futures[i].exception() is not None:
                 raise ApiError(500, "generation failed")
             done = futures[i].result()
-            yield done.completion_tokens
+            yield done  # for the usage chunk
             if suffix:
                 yield delta(i, suffix)
             yield finish(i, done.finish_reason)

@@ -43,6 +43,7 @@ class Row:
     cancelled: threading.Event = field(default_factory=threading.Event)
     future: Future = field(default_factory=Future)
     started: float = 0.0  # when it joined a batch (perf_counter)
+    messages: list[dict[str, str]] | None = None  # the conversation, for an upstream server (upstream.py)
 
 
 @dataclass

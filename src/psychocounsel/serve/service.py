@@ -19,6 +19,7 @@ from typing import Any
 
 from ..card import CRISIS_RESOURCES
 from ..config import ServeConfig
+from ..errors import UserError
 from .safety import CrisisRouter
 
 log = logging.getLogger("psychocounsel.serve")
@@ -62,13 +63,29 @@ class Service:
         from .engine import Batcher, PolicyEngine
 
         try:
-            self.engine = PolicyEngine(self.cfg.policy, self.cfg.device, self.cfg.dtype)
-            self.batcher = Batcher(self.engine, self.cfg.max_batch, self.cfg.batch_window_ms / 1000)
+            if self.cfg.upstream_url:  # an openai:MODEL policy, decoded by the upstream server
+                from ..specs import parse_spec
+                from .upstream import UpstreamBatcher, UpstreamEngine
+
+                self.engine = UpstreamEngine()
+                self.batcher = UpstreamBatcher(
+                    self.cfg.upstream_url,
+                    parse_spec(self.cfg.policy).arg,
+                    self.cfg.upstream_key_env,
+                    self.cfg.max_batch,
+                    self.cfg.request_timeout,
+                )
+                self.batcher.check()
+            else:
+                self.engine = PolicyEngine(self.cfg.policy, self.cfg.device, self.cfg.dtype)
+                self.batcher = Batcher(self.engine, self.cfg.max_batch, self.cfg.batch_window_ms / 1000)
             if self.cfg.reward_model is not None:
                 self.rm = load_reward_model(self.cfg.reward_model)
             self.router.warm()
         except Exception as e:  # noqa: BLE001 - reported by /health and the log; the process stays up
-            self.load_error = f"loading failed: {type(e).__name__}"
+            self.load_error = (
+                f"loading failed: {e}" if isinstance(e, UserError) else f"loading failed: {type(e).__name__}"
+            )
             log.error("%s: %s", self.load_error, str(e)[:300])
             return
         self.ready.set()
