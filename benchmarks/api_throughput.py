@@ -17,8 +17,9 @@ Two ways of calling the judge are timed at each C:
   calls it (each chunk is appended to ratings.jsonl before the next starts).
 
 Each measurement rates ``waves`` x C responses (at least ``min_items``), so every C runs about the
-same number of 200 ms waves. When the goal is missed the C = 32 one-batch run is profiled
-(cProfile) and the top functions are written into ``details.profile``.
+same number of 200 ms waves; ``client_cpu_ms_per_rating`` is this process's CPU time per rating.
+Every C whose one-batch share is under the goal is profiled once more (cProfile, 4 x C ratings)
+and its top functions written into ``details.profile``.
 """
 
 from __future__ import annotations
@@ -120,9 +121,7 @@ def serve(keys: list[str]) -> None:
 
 
 def start_server(keys: list[str]) -> tuple[subprocess.Popen, str]:
-    proc = subprocess.Popen(
-        [sys.executable, __file__, "--serve", ",".join(keys)], stdout=subprocess.PIPE, text=True
-    )
+    proc = subprocess.Popen([sys.executable, __file__, "--serve", ",".join(keys)], stdout=subprocess.PIPE, text=True)
     port = int(proc.stdout.readline())
     return proc, f"http://127.0.0.1:{port}"
 
@@ -149,7 +148,7 @@ def items(n: int) -> list:
 
 def time_rating(url: str, concurrency: int, todo: list, chunk: int | None, profile: bool = False):
     """Seconds for the rate stage's judge to rate ``todo`` (in chunks of ``chunk``, or one call),
-    with a fresh call cache; (seconds, failed ratings, profile text or None)."""
+    with a fresh call cache; (seconds, client CPU seconds, failed ratings, profile text or None)."""
     from psychocounsel.config import BackendConfig, JudgeConfig
     from psychocounsel.judge import build_judge
     from psychocounsel.rubric import load_rubric
@@ -161,21 +160,21 @@ def time_rating(url: str, concurrency: int, todo: list, chunk: int | None, profi
         judge = build_judge(JudgeConfig(type="llm", backend=backend, mode="json"), load_rubric(), cache)
         step = chunk or len(todo)
         prof = cProfile.Profile() if profile else None
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         if prof:
             prof.enable()
         ratings = [r for i in range(0, len(todo), step) for r in judge.rate(todo[i : i + step])]
         if prof:
             prof.disable()
-        seconds = time.perf_counter() - start
+        seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
         judge.close()
         cache.close()
     text = None
     if prof:
         buf = io.StringIO()
-        pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(15)
+        pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(12)
         text = buf.getvalue()
-    return seconds, sum(r.failed for r in ratings), text
+    return seconds, cpu, sum(r.failed for r in ratings), text
 
 
 def measure(url: str, args) -> dict:
@@ -191,12 +190,13 @@ def measure(url: str, args) -> dict:
             runs = []
             for _ in range(args.repeats):
                 server_stats(url)  # reset the in-flight high-water mark
-                seconds, failed, _ = time_rating(url, c, todo, chunk)
+                seconds, cpu, failed, _ = time_rating(url, c, todo, chunk)
                 stats = server_stats(url)
                 runs.append(
                     {
                         "seconds": round(seconds, 4),
                         "ratings_per_s": round(n / seconds, 2),
+                        "client_cpu_ms_per_rating": round(1000 * cpu / n, 3),
                         "failed": failed,
                         "max_in_flight": stats["max_in_flight"],
                     }
@@ -221,7 +221,9 @@ def machine() -> dict:
         "python": platform.python_version(),
         "torch": version("torch"),
         "httpx": version("httpx"),
+        "httpcore": version("httpcore"),
         "platform": platform.platform(),
+        "load_avg_1m_before": os.getloadavg()[0],  # > 0.5: another job shared the cores
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
     }
 
@@ -241,13 +243,15 @@ def main() -> int:
     from psychocounsel.rate import CHUNK
     from psychocounsel.rubric import load_rubric
 
+    host = machine()  # before the work: the load average then is other jobs'
     proc, url = start_server(load_rubric().keys)
     try:
         results = measure(url, args)
         value = results["one_batch@32"]["share_of_ideal"]
-        profile = None
-        if value < GOAL:
-            _, _, profile = time_rating(url, 32, items(args.waves * 32), None, profile=True)
+        profile = {}  # where the time goes wherever one batch falls short of the goal
+        for c in CONCURRENCIES:
+            if results[f"one_batch@{c}"]["share_of_ideal"] < GOAL:
+                profile[f"one_batch@{c}"] = time_rating(url, c, items(4 * c), None, profile=True)[3]
     finally:
         proc.terminate()
         proc.wait(10)
@@ -258,7 +262,7 @@ def main() -> int:
         "goal": f">= {GOAL}",
         "met": value >= GOAL,
         "details": {
-            "machine": machine(),
+            "machine": host,
             "settings": {
                 "path": "judge.build_judge(llm, json mode, openai:fake) -> CachedBackend -> OpenAIBackend",
                 "server": "stdlib ThreadingHTTPServer in a child process, fixed latency per request",
