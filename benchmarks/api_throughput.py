@@ -13,7 +13,7 @@ Two ways of calling the judge are timed at each C:
 
 - ``one_batch``: every rating in one ``judge.rate`` call, so one ``backend.complete`` batch; what
   the backend and judge can do. Its share at C = 32 is the headline ``value`` (goal >= 0.9).
-- ``rate_stage_chunks``: ``judge.rate`` per chunk of ``rate.CHUNK`` responses, as the rate stage
+- ``rate_stage_chunks``: ``judge.rate`` per chunk of ``rate.chunk_size(concurrency)`` responses, as the rate stage
   calls it (each chunk is appended to ratings.jsonl before the next starts).
 
 Each measurement rates ``waves`` x C responses (at least ``min_items``), so every C runs about the
@@ -178,11 +178,11 @@ def time_rating(url: str, concurrency: int, todo: list, chunk: int | None, profi
 
 
 def measure(url: str, args) -> dict:
-    from psychocounsel.rate import CHUNK
+    from psychocounsel.rate import chunk_size
 
-    modes = {"one_batch": None, "rate_stage_chunks": CHUNK}
     out = {}
     for c in CONCURRENCIES:
+        modes = {"one_batch": None, "rate_stage_chunks": chunk_size(c)}
         n = max(args.waves * c, args.min_items)
         todo = items(n)
         ideal = c / LATENCY_S
@@ -240,7 +240,7 @@ def main() -> int:
         serve(args.serve.split(","))
         return 0
 
-    from psychocounsel.rate import CHUNK
+    from psychocounsel.rate import chunk_size
     from psychocounsel.rubric import load_rubric
 
     host = machine()  # before the work: the load average then is other jobs'
@@ -270,7 +270,7 @@ def main() -> int:
                 "concurrencies": list(CONCURRENCIES),
                 "waves": args.waves,
                 "min_items": args.min_items,
-                "rate_stage_chunk": CHUNK,
+                "rate_stage_chunk": {c: chunk_size(c) for c in CONCURRENCIES},
             },
             "repeats": args.repeats,
             "results": results,

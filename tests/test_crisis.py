@@ -115,3 +115,17 @@ def test_screen_command_bad_input(tmp_path, content, needle):
     lines = [x for x in res.stderr.splitlines() if x.strip()]
     assert res.returncode == 2 and len(lines) == 1 and needle in lines[0], res.stderr
     assert not (tmp_path / "p.jsonl").exists()
+
+
+def test_a_rerun_keeps_the_screening_of_unchanged_speeches(tmp_path, monkeypatch):
+    import psychocounsel.safety as safety
+
+    rundir = _run(tmp_path / "run")
+    first = crisis.screen_run(rundir, rundir.read_speeches())
+    rundir.record_stage("ingest", {"screen": first})
+    monkeypatch.setattr(safety, "screen", lambda texts: pytest.fail("screened again"))
+    assert crisis.screen_run(rundir, rundir.read_speeches()) == first  # nothing loaded, nothing redone
+    monkeypatch.undo()
+    changed = [Speech("risk", AT_RISK), Speech("plain", ORDINARY + " Also, work is busy.")]
+    again = crisis.screen_run(rundir, changed)
+    assert again["key"] != first["key"] and again["crisis"] == first["crisis"] == 1

@@ -38,8 +38,26 @@ def speech_text(speech: Speech) -> str:
     return "\n\n".join([*own, speech.text])
 
 
+def screen_key(speeches: list[Speech]) -> str:
+    """What a screening of ``speeches`` depends on: their ids and text, the rules and the head."""
+    import hashlib
+
+    from .store import stable_hash
+
+    folder = Path(__file__).parent / "safety"
+    files = [hashlib.sha256((folder / n).read_bytes()).hexdigest() for n in ("rules.yaml", "screen_head.safetensors")]
+    return stable_hash([[s.id, speech_text(s)] for s in speeches] + files, 16)
+
+
 def screen_run(rundir: RunDir, speeches: list[Speech]) -> dict[str, Any]:
-    """Screen the run's speeches into RUN/screen.jsonl; the counts and ids for run.json."""
+    """Screen the run's speeches into RUN/screen.jsonl; the counts and ids for run.json. A rerun
+    on the same speeches, rules and head keeps the screening it has (loading the screen's model
+    is most of a cached rerun's time)."""
+    key = screen_key(speeches)
+    before = (rundir.read_run_json().get("stages", {}).get("ingest") or {}).get("screen") or {}
+    if before.get("key") == key and (rundir.root / "screen.jsonl").is_file():
+        log.info("screen: the same speeches, rules and head as before: kept RUN/screen.jsonl")
+        return before
     from .safety import screen
 
     assessments = screen([speech_text(s) for s in speeches])
@@ -47,7 +65,8 @@ def screen_run(rundir: RunDir, speeches: list[Speech]) -> dict[str, Any]:
     write_jsonl(rundir.root / "screen.jsonl", rows)
     flagged = {level: [r["id"] for r in rows if r["level"] == level] for level in ("crisis", "concern")}
     log.info("screen: %d crisis, %d concern of %d speeches", len(flagged["crisis"]), len(flagged["concern"]), len(rows))
-    return {"crisis": len(flagged["crisis"]), "concern": len(flagged["concern"]), "crisis_ids": flagged["crisis"]}
+    counts = {"crisis": len(flagged["crisis"]), "concern": len(flagged["concern"])}
+    return {**counts, "crisis_ids": flagged["crisis"], "key": key}
 
 
 def crisis_ids(rundir: RunDir, screen_if_absent: bool = True) -> set[str] | None:

@@ -27,6 +27,17 @@ log = logging.getLogger(__name__)
 CHUNK = 32  # responses rated per append: bounds the work lost to a kill
 
 
+def chunk_size(concurrency: int) -> int:
+    """Responses rated per append for a judge with ``concurrency`` requests in flight: every
+    chunk waits for its slowest call, so a chunk holds several waves (32 at concurrency 32 kept
+    the judge at 0.79 of its ideal throughput on a 200 ms server; benchmarks/api_throughput.py).
+
+    >>> chunk_size(1), chunk_size(8), chunk_size(32)
+    (32, 32, 128)
+    """
+    return max(CHUNK, 4 * concurrency)
+
+
 def judge_key(cfg: RateConfig, rubric: Rubric, at_risk: set[str]) -> str:
     """Identifies judge + rubric + the speeches the crisis screen flags (their replies' safety is
     capped): ratings are reused only while all three are unchanged. The learned rater counts its
@@ -72,8 +83,9 @@ def run(cfg: RateConfig, rundir: RunDir, meter=None) -> dict[str, Any]:
         progress = bar(len(todo), f"rate ({judge.name})")
         any_ok = any(not r.failed for r in rated)
         try:
-            for start in range(0, len(todo), CHUNK):
-                ratings = judge.rate(todo[start : start + CHUNK], progress=progress.update)
+            step = chunk_size(cfg.judge.backend.concurrency) if cfg.judge.type == "llm" else CHUNK
+            for start in range(0, len(todo), step):
+                ratings = judge.rate(todo[start : start + step], progress=progress.update)
                 any_ok = any_ok or any(not r.failed for r in ratings)
                 if not any_ok:
                     reasons = "; ".join(sorted({r.error for r in ratings}))[:300]
