@@ -95,3 +95,22 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
         env=dict(os.environ, PYTHONPATH=SRC),
         timeout=300,
     )
+
+
+def kill_after_checkpoint(cmd: list[str], out: Path, timeout: float = 120) -> None:
+    """Start ``cmd`` (a training command), SIGKILL it as soon as OUT/checkpoints holds a complete
+    checkpoint (the Trainer writes trainer_state.json last)."""
+    import signal
+    import time
+
+    proc = subprocess.Popen(
+        cmd, env=dict(os.environ, PYTHONPATH=SRC), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        if any((out / "checkpoints").glob("checkpoint-*/trainer_state.json")):
+            break
+        time.sleep(0.005)
+    assert proc.poll() is None, "training finished (or failed) before it could be killed; make it longer"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -15,7 +13,7 @@ from psychocounsel.config import DPOConfig, DPOStageConfig, override
 from psychocounsel.errors import UserError
 from psychocounsel.train import dpo
 
-from conftest import SRC
+from conftest import SRC, kill_after_checkpoint
 
 # Chosen responses use only set A, rejected only set B, for the same prompts.
 SET_A = ("that", "sounds", "hard", "tell", "me", "more", "can", "we", "talk")
@@ -139,21 +137,6 @@ def test_user_errors(tiny_lm, tmp_path):
 
 
 # -- checkpoints and resume -------------------------------------------------------------------
-
-
-def kill_after_checkpoint(cmd: list[str], out, timeout: float = 120) -> None:
-    """Start ``cmd``, SIGKILL it as soon as OUT/checkpoints holds a complete checkpoint."""
-    proc = subprocess.Popen(
-        cmd, env=dict(os.environ, PYTHONPATH=SRC), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    deadline = time.time() + timeout
-    while time.time() < deadline and proc.poll() is None:
-        if any((out / "checkpoints").glob("checkpoint-*/trainer_state.json")):
-            break
-        time.sleep(0.005)
-    assert proc.poll() is None, "training finished (or failed) before it could be killed; make it longer"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
 
 
 @pytest.mark.slow  # 11 s on an idle 2-core machine: two fresh processes import torch and TRL

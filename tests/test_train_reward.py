@@ -8,10 +8,8 @@ import json
 import math
 import os
 import random
-import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pyarrow as pa
@@ -36,7 +34,7 @@ from psychocounsel.reward_model import (
 from psychocounsel.train import save_merged
 from psychocounsel.train.reward import build_reward_trainer, train_reward_model
 
-from conftest import SRC
+from conftest import SRC, kill_after_checkpoint
 
 LN3 = math.log(3)  # sigmoid(ln 3) = 0.75 exactly: easy to compute by hand
 
@@ -359,20 +357,6 @@ def test_train_user_errors(pairs_dir, tmp_path):
 
 
 # -- checkpoints and resume -------------------------------------------------------------------
-
-
-def kill_after_checkpoint(cmd: list[str], out, timeout: float = 120) -> None:
-    """Start ``cmd``, SIGKILL it as soon as OUT/checkpoints holds a complete checkpoint."""
-    env = dict(os.environ, PYTHONPATH=SRC)
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + timeout
-    while time.time() < deadline and proc.poll() is None:
-        if any((out / "checkpoints").glob("checkpoint-*/trainer_state.json")):
-            break
-        time.sleep(0.005)
-    assert proc.poll() is None, "training finished (or failed) before it could be killed; make it longer"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
 
 
 @pytest.mark.slow  # 10 s on an idle 2-core machine: two fresh processes import torch and TRL
