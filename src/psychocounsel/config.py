@@ -201,7 +201,24 @@ class PairsConfig(_Strict):
     )
 
 
-class RewardModelConfig(_Strict):
+class _Trainer(_Strict):
+    """What every Trainer run shares: its checkpoints (train/checkpoints.py) and its metric loggers."""
+
+    # 100 steps: a checkpoint holds the weights and Adam's two moments, ~12 bytes per trained
+    # parameter (SmolLM2-135M: 1.6 GB, written in seconds), so on a CPU (10-17 s a step) a kill
+    # loses at most ~25 min and the saves cost about 1% of the time; runs under 100 steps save none.
+    save_steps: int = Field(
+        100, ge=0, description="save a checkpoint to OUT/checkpoints every N steps, for --resume (0: none)"
+    )
+    save_total_limit: int = Field(
+        2, ge=1, description="checkpoints kept (2: the one before the newest too, to go back to if training diverged)"
+    )
+    report_to: str = Field(
+        "none", description="where the Trainer logs metrics: none, all, or e.g. wandb,tensorboard (installed apart)"
+    )
+
+
+class RewardModelConfig(_Trainer):
     """train-rm, as a command and as the reward_model stage (RUN/reward_model). Defaults follow the
     paper where it fits a CPU."""
 
@@ -220,18 +237,6 @@ class RewardModelConfig(_Strict):
     lora_r: int = Field(16, ge=1, description="LoRA rank")
     seed: int = Field(0, description="seed of the score head and the data order")
     cpu: bool | None = Field(None, description="train on the CPU even with a GPU (default: CPU only without CUDA)")
-    # 100 steps: a checkpoint holds the weights and Adam's two moments, ~12 bytes per trained
-    # parameter (SmolLM2-135M: 1.6 GB, written in seconds), so on a CPU (10-17 s a step) a kill
-    # loses at most ~25 min and the saves cost about 1% of the time; runs under 100 steps save none.
-    save_steps: int = Field(
-        100, ge=0, description="save a checkpoint to OUT/checkpoints every N steps, for --resume (0: none)"
-    )
-    save_total_limit: int = Field(
-        2, ge=1, description="checkpoints kept (2: the one before the newest too, to go back to if training diverged)"
-    )
-    report_to: str = Field(
-        "none", description="where the Trainer logs metrics: none, all, or e.g. wandb,tensorboard (installed apart)"
-    )
 
 
 # Paired losses TRL 1.16 accepts with no extra option (exo_pair needs label_smoothing > 0;
@@ -251,7 +256,7 @@ DPOLoss = Literal[
 ]
 
 
-class DPOConfig(_Strict):
+class DPOConfig(_Trainer):
     """One DPO run (TRL DPOTrainer): train-dpo's options, and online DPO's per round."""
 
     beta: Finite = Field(0.1, gt=0, description="DPO beta (the paper: 0.1)")
@@ -270,16 +275,6 @@ class DPOConfig(_Strict):
     # For SmolLM2-135M on 2 CPU cores (batch 2, length 256) it cut peak RSS 5.0 -> 4.0 GB at no
     # measurable cost per step (15-18 s either way).
     gradient_checkpointing: bool = Field(True, description="recompute activations in the backward pass (less memory)")
-    # 100 steps: as RewardModelConfig.save_steps.
-    save_steps: int = Field(
-        100, ge=0, description="save a checkpoint to OUT/checkpoints every N steps, for --resume (0: none)"
-    )
-    save_total_limit: int = Field(
-        2, ge=1, description="checkpoints kept (2: the one before the newest too, to go back to if training diverged)"
-    )
-    report_to: str = Field(
-        "none", description="where the Trainer logs metrics: none, all, or e.g. wandb,tensorboard (installed apart)"
-    )
 
     @model_validator(mode="after")
     def _lengths(self) -> DPOConfig:
