@@ -29,7 +29,6 @@ import cProfile
 import io
 import json
 import os
-import platform
 import pstats
 import statistics
 import subprocess
@@ -38,8 +37,9 @@ import tempfile
 import time
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from importlib.metadata import version
 from pathlib import Path
+
+from bench_result import machine, write_result
 
 ROOT = Path(__file__).resolve().parent.parent
 SPEECHES = ROOT / "configs" / "quickstart_eval_speeches.jsonl"
@@ -215,19 +215,6 @@ def measure(url: str, args) -> dict:
     return out
 
 
-def machine() -> dict:
-    return {
-        "cpus": os.cpu_count(),
-        "python": platform.python_version(),
-        "torch": version("torch"),
-        "httpx": version("httpx"),
-        "httpcore": version("httpcore"),
-        "platform": platform.platform(),
-        "load_avg_1m_before": os.getloadavg()[0],  # > 0.5: another job shared the cores
-        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
-    }
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "api_throughput.json")
@@ -243,7 +230,7 @@ def main() -> int:
     from psychocounsel.rate import chunk_size
     from psychocounsel.rubric import load_rubric
 
-    host = machine()  # before the work: the load average then is other jobs'
+    host = machine(("torch", "httpx", "httpcore"), omp_num_threads=os.environ.get("OMP_NUM_THREADS"))
     proc, url = start_server(load_rubric().keys)
     try:
         results = measure(url, args)
@@ -255,13 +242,14 @@ def main() -> int:
     finally:
         proc.terminate()
         proc.wait(10)
-    report = {
-        "name": "api_throughput",
-        "value": value,
-        "unit": "share of ideal ratings/s (concurrency / 0.2 s) at concurrency 32, one batch",
-        "goal": f">= {GOAL}",
-        "met": value >= GOAL,
-        "details": {
+    write_result(
+        args.out,
+        "api_throughput",
+        value,
+        "share of ideal ratings/s (concurrency / 0.2 s) at concurrency 32, one batch",
+        f">= {GOAL}",
+        value >= GOAL,
+        {
             "machine": host,
             "settings": {
                 "path": "judge.build_judge(llm, json mode, openai:fake) -> CachedBackend -> OpenAIBackend",
@@ -276,9 +264,7 @@ def main() -> int:
             "results": results,
             "profile": profile,
         },
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    )
     print(f"value {value} (goal >= {GOAL}) -> {args.out}")
     return 0
 

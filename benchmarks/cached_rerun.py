@@ -19,17 +19,17 @@ import argparse
 import io
 import json
 import os
-import platform
 import pstats
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from importlib.metadata import version
 from pathlib import Path
 
 import yaml
+
+from bench_result import machine, write_result
 
 ROOT = Path(__file__).resolve().parent.parent
 QUICKSTART = ROOT / "configs" / "quickstart.yaml"
@@ -84,7 +84,7 @@ def main() -> int:
     ap.add_argument("--reruns", type=int, default=3)
     args = ap.parse_args()
 
-    load_before = os.getloadavg()[0]  # other jobs' load, before ours
+    host = machine(omp_num_threads=os.environ.get("OMP_NUM_THREADS"))  # before the work: other jobs' load
     cfg = small_config(args.speeches, args.k)
     with tempfile.TemporaryDirectory() as tmp:
         config, run_dir = Path(tmp) / "small.yaml", Path(tmp) / "run"
@@ -100,22 +100,15 @@ def main() -> int:
         share = round(rerun_s / first["wall_s"], 4)
         profile = profile_rerun(config, run_dir) if share > TIME_SHARE_GOAL else None
 
-    report = {
-        "name": "cached_rerun",
-        "value": calls,
-        "unit": "model calls made by rerunning a finished run (most over the reruns)",
-        "goal": f"0 calls, and rerun wall time <= {TIME_SHARE_GOAL:.0%} of the first run's",
-        "met": calls == 0 and share <= TIME_SHARE_GOAL,
-        "details": {
-            "machine": {
-                "cpus": os.cpu_count(),
-                "python": platform.python_version(),
-                "torch": version("torch"),
-                "transformers": version("transformers"),
-                "platform": platform.platform(),
-                "load_avg_1m_before": load_before,  # > 0.5: another job shared the cores
-                "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
-            },
+    write_result(
+        args.out,
+        "cached_rerun",
+        calls,
+        "model calls made by rerunning a finished run (most over the reruns)",
+        f"0 calls, and rerun wall time <= {TIME_SHARE_GOAL:.0%} of the first run's",
+        calls == 0 and share <= TIME_SHARE_GOAL,
+        {
+            "machine": host,
             "settings": {
                 "config": "configs/quickstart.yaml without reward_model, dpo, online, eval",
                 "speeches": args.speeches,
@@ -132,9 +125,7 @@ def main() -> int:
             "reruns": reruns,
             "profile": profile,
         },
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    )
     print(f"value {calls} calls, rerun {share:.1%} of the first run's time -> {args.out}")
     return 0
 

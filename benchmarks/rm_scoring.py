@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import sys
 import time
-from importlib.metadata import version
 from pathlib import Path
+
+from bench_result import machine, write_result
 
 ROOT = Path(__file__).resolve().parent.parent
 SPEECHES = ROOT / "configs" / "quickstart_eval_speeches.jsonl"
@@ -119,7 +118,7 @@ def main() -> int:
 
     from psychocounsel.reward_model import score_responses
 
-    load_before = os.getloadavg()[0]  # other jobs' load, before ours
+    host = machine()  # before the work: the load average then is other jobs'
     torch.set_num_threads(args.threads)
     model, tokenizer, path = load_model()
     prompts, replies = pairs(args.pairs)
@@ -150,20 +149,16 @@ def main() -> int:
     if value < GOAL:  # where each arm's time goes, on the first BATCH pairs
         for name, size in (("batched", BATCH), ("single", 1)):
             profile[name] = op_profile(model, tokenizer, prompts[:BATCH], replies[:BATCH], size, args.max_length)
-    report = {
-        "name": "rm_scoring",
-        "value": value,
-        "unit": f"speed-up in pairs/s, batch {BATCH} length-sorted vs batch 1",
-        "goal": f">= {GOAL}x",
-        "met": value >= GOAL,
-        "details": {
+    write_result(
+        args.out,
+        "rm_scoring",
+        value,
+        f"speed-up in pairs/s, batch {BATCH} length-sorted vs batch 1",
+        f">= {GOAL}x",
+        value >= GOAL,
+        {
             "machine": {
-                "cpus": os.cpu_count(),
-                "python": platform.python_version(),
-                "torch": version("torch"),
-                "transformers": version("transformers"),
-                "platform": platform.platform(),
-                "load_avg_1m_before": load_before,  # > 0.5: another job shared the cores
+                **host,
                 "torch_threads": torch.get_num_threads(),
                 "device": str(next(model.parameters()).device),
             },
@@ -180,9 +175,7 @@ def main() -> int:
             "runs": runs,
             "profile": profile,
         },
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    )
     print(f"value {value} (goal >= {GOAL}) -> {args.out}")
     return 0
 

@@ -1,0 +1,30 @@
+"""What every `make bench` script writes (issue 14): ``benchmarks/results/<name>.json`` holding
+``name``, ``value``, ``unit``, ``goal``, ``met`` and ``details``, with the machine it ran on."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+
+def machine(packages: tuple[str, ...] = ("torch", "transformers"), **extra: Any) -> dict[str, Any]:
+    """The machine and versions, and the 1-minute load average now: call it before the work, so
+    that it is other jobs' load (> 0.5: another job shared the cores)."""
+    return {
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        **{name: version(name) for name in packages},
+        "platform": platform.platform(),
+        "load_avg_1m_before": os.getloadavg()[0],
+        **extra,
+    }
+
+
+def write_result(out: Path, name: str, value: Any, unit: str, goal: str, met: bool, details: dict) -> None:
+    report = {"name": name, "value": value, "unit": unit, "goal": goal, "met": bool(met), "details": details}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
