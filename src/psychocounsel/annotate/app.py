@@ -19,6 +19,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..rubric import Rubric
+from ..serve.schemas import bearer_token
 from .store import AnnotationStore
 
 log = logging.getLogger("psychocounsel.annotate")
@@ -43,8 +44,7 @@ class Answer(BaseModel):
 
 def _annotator(request: Request) -> str:
     """Who the token says the caller is; 401 for anything else."""
-    auth = request.headers.get("authorization", "")
-    token = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
+    token = bearer_token(request.headers.get("authorization", ""))
     name = request.app.state.store.annotator_of(token) if token else None
     if name is None:
         raise HTTPException(401, "sign in with your annotator token")

@@ -38,8 +38,8 @@ class Guard:
             return await self.app(scope, receive, send)
         headers = dict(scope["headers"])
         if self.key is not None and scope["path"] != "/health":
-            auth = headers.get(b"authorization", b"")
-            token = auth[7:].strip() if auth[:7].lower() == b"bearer " else b""
+            # latin-1: any header bytes round-trip, and the compare stays on bytes (constant time)
+            token = schemas.bearer_token(headers.get(b"authorization", b"").decode("latin-1")).encode("latin-1")
             if not hmac.compare_digest(token, self.key):
                 body = schemas.error_body(
                     "missing or wrong API key (Authorization: Bearer ...)", "authentication_error"

@@ -132,6 +132,15 @@ def split_transcripts(transcripts: list[list[Message]]) -> tuple[list, list[str]
     return prompts, responses
 
 
+def bearer_token(authorization: str) -> str:
+    """The token of an ``Authorization: Bearer TOKEN`` header value; "" for anything else.
+
+    >>> bearer_token("Bearer abc "), bearer_token("bearer abc"), bearer_token("Basic abc"), bearer_token("")
+    ('abc', 'abc', '', '')
+    """
+    return authorization[7:].strip() if authorization[:7].lower() == "bearer " else ""
+
+
 def describe(err: ValidationError) -> str:
     """One line naming each bad field and why, never the values sent (they may be a person's words).
 
