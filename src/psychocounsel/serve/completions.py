@@ -65,6 +65,7 @@ class Completions:
             req.max_completion_tokens or req.max_tokens or self.cfg.max_tokens, engine.context - len(prompt)
         )
         top = (req.top_logprobs or 0) if req.logprobs else None
+        messages = req.dialogue()
         return [
             Row(
                 prompt,
@@ -75,7 +76,7 @@ class Completions:
                 req.stops(),
                 top,
                 on_text=sinks[i] if sinks else None,
-                messages=req.dialogue(),
+                messages=messages,
             )
             for i in range(k)
         ]
