@@ -42,12 +42,13 @@ def load_template(path: Path | None, task: str, mode: str) -> str:
         raise UserError(str(e)) from None
 
 
-def template_suffix(path: Path | None, task: str, mode: str) -> str:
-    """What a user template adds to a judge's name, ``[FILE@HASH]``; "" for the packaged one.
-    The hash is of the text, so an edited template is a new judge (new folder in eval-winrate)."""
+def template_suffix(path: Path | None, text: str) -> str:
+    """What a user template (file ``path``, read as ``text``) adds to a judge's name,
+    ``[FILE@HASH]``; "" for the packaged one. The hash is of the text, so an edited template is a
+    new judge (new folder in eval-winrate)."""
     if path is None:
         return ""
-    return f"[{Path(path).name}@{template_id(load_template(path, task, mode))}]"
+    return f"[{Path(path).name}@{template_id(text)}]"
 
 
 class StructuredOutput:
@@ -179,9 +180,9 @@ class LLMJudge:
 
     def __init__(self, cfg: JudgeConfig, rubric: Rubric, backend: Backend):
         self.cfg, self.rubric, self.backend = cfg, rubric, backend
-        self.name_suffix = template_suffix(cfg.template, "rate", cfg.mode)
-        self.name = f"llm-{cfg.mode}:{cfg.backend.spec}" + self.name_suffix
         self.template = load_template(cfg.template, "rate", cfg.mode)
+        self.name_suffix = template_suffix(cfg.template, self.template)
+        self.name = f"llm-{cfg.mode}:{cfg.backend.spec}" + self.name_suffix
         self.structured = StructuredOutput(cfg.structured, backend, cfg.mode, "rating", rating_schema(rubric.keys))
 
     @classmethod

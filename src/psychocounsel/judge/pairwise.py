@@ -97,9 +97,10 @@ class LLMPairwiseJudge:
             raise UserError(f"a rubric principle may not be keyed '{OVERALL}': pairwise judges use it for the verdict")
         self.backend, self.settings, self.rubric, self.tie_band = backend, settings, rubric, tie_band
         self.mode = settings.mode
-        self.name_suffix = template_suffix(settings.template, "compare", self.mode)
+        text = load_template(settings.template, "compare", self.mode)
+        self.name_suffix = template_suffix(settings.template, text)
         self.name = f"llm-{settings.mode}:{backend.model}" + self.name_suffix
-        self.template = load_template(settings.template, "compare", self.mode).rstrip("\n")
+        self.template = text.rstrip("\n")
         schema = comparison_schema(rubric.keys)
         self.structured = StructuredOutput(settings.structured, backend, self.mode, "comparison", schema)
 
