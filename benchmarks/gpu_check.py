@@ -5,7 +5,11 @@ configs/accelerate/single_gpu.yaml (bf16), on a small Llama built here (no downl
     python benchmarks/gpu_check.py OUT_DIR      # writes OUT_DIR/gpu_check.json
 
 Each step records its exit code, seconds and headline numbers; the script exits 1 if any failed.
-It checks that the code runs on CUDA in bf16 and saves loadable models, not model quality.
+It checks that the code runs on CUDA in bf16 and saves loadable models, not model quality. Last,
+benchmarks/online_round.py times one online DPO round with each generator (transformers, and
+vLLM when installed) and scales it to the paper's round (OUT_DIR/online_round/online_round.json,
+also under "online_round" in gpu_check.json). Without a CUDA device nothing runs: it says so and
+exits 0.
 """
 
 from __future__ import annotations
@@ -42,19 +46,23 @@ def pairs_file(path: Path, n: int) -> Path:
     return path
 
 
-def step(name: str, args: list[str], results: dict, launch: bool = True) -> None:
-    cmd = (
-        [
-            "accelerate",
-            "launch",
-            "--config_file",
-            str(ROOT / "configs/accelerate/single_gpu.yaml"),
-            "-m",
-            "psychocounsel",
-        ]
-        if launch
-        else [sys.executable, "-m", "psychocounsel"]
-    ) + args
+def step(name: str, args: list[str], results: dict, launch: bool = True, script: Path | None = None) -> None:
+    """Run ``psychocounsel ARGS`` (under accelerate launch, or not), or ``python SCRIPT ARGS``."""
+    if script is not None:
+        cmd = [sys.executable, str(script)] + args
+    else:
+        cmd = (
+            [
+                "accelerate",
+                "launch",
+                "--config_file",
+                str(ROOT / "configs/accelerate/single_gpu.yaml"),
+                "-m",
+                "psychocounsel",
+            ]
+            if launch
+            else [sys.executable, "-m", "psychocounsel"]
+        ) + args
     start = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PSYCHOCOUNSEL_PROGRESS": "0"})
     out = proc.stdout.strip().splitlines()
@@ -76,6 +84,11 @@ def main(out: Path) -> int:
         "torch": torch.__version__,
         "bf16_supported": torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
     }
+    if not torch.cuda.is_available():
+        results["skipped"] = "no CUDA device: gpu_check checks the GPU path; nothing was run"
+        print(results["skipped"])
+        (out / "gpu_check.json").write_text(json.dumps(results, indent=2))
+        return 0
     tiny = build_tiny_lm(out / "tiny-lm")
     pairs = pairs_file(out / "pairs", 96)
     speeches = ROOT / "configs" / "quickstart_eval_speeches.jsonl"
@@ -180,6 +193,17 @@ def main(out: Path) -> int:
         results,
         launch=False,
     )
+    # One online round at 64 speeches x 8 answers of up to 512 tokens, per generator, scaled to
+    # the paper's 6,400 x 8 (SmolLM2-135M-Instruct unless ONLINE_ROUND_POLICY names a model folder).
+    policy = os.environ.get("ONLINE_ROUND_POLICY", "default")
+    step(
+        "online-round",
+        [str(out / "online_round"), "--policy", policy],
+        results,
+        script=ROOT / "benchmarks/online_round.py",
+    )
+    if (out / "online_round" / "online_round.json").is_file():
+        results["online_round"] = json.loads((out / "online_round" / "online_round.json").read_text())
     if (out / "rm" / "metrics.json").is_file():
         results["rm_metrics"] = json.loads((out / "rm" / "metrics.json").read_text())
     (out / "gpu_check.json").write_text(json.dumps(results, indent=2))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 
 import pytest
 
@@ -136,6 +137,17 @@ def test_a_different_run_in_the_same_folder_is_refused(run, models):
         online.train_online(str(models[0]), models[1], speeches(), run[0], config(rounds=2, seed=1))
 
 
+def test_the_generator_is_not_part_of_the_run(run, models):
+    """How the responses are written (engine, vLLM's memory share) is not what a run is made of:
+    a run resumes under another generator (and folders from before the generator option match)."""
+    from psychocounsel.train.rollout import GENERATOR_FIELDS
+
+    out, summary, _, _ = run
+    cfg = config(rounds=2, generator="transformers", vllm_gpu_memory_utilization=0.9, batch_size=4)
+    assert online.train_online(str(models[0]), models[1], speeches(), out, cfg) == summary
+    assert not set(GENERATOR_FIELDS) & set(json.loads((out / "config.json").read_text()))
+
+
 def test_user_errors(models, tmp_path):
     lm, rm = models
     with pytest.raises(UserError, match=r"need at least 2 speeches.*\(0 given\)"):
@@ -187,3 +199,211 @@ def test_a_round_killed_in_its_dpo_resumes_from_the_checkpoint(models, tmp_path,
     policy = out / "round_1" / "policy"
     assert (policy / "model.safetensors").is_file() and not (policy / "checkpoints").exists()
     assert not list(policy.glob("*.bin")) and (out / "round_1" / "DONE").is_file()
+
+
+# --- generation: one load per round, and the vLLM engine (a fake vllm module: vLLM needs a GPU) ---
+
+
+class Events:
+    """What happened, in order: policy loads, releases and DPO updates."""
+
+    def __init__(self, out):
+        self.out, self.log = out, []
+
+    def name(self, path):
+        path = str(path)
+        return path.replace(str(self.out) + "/", "") if path.startswith(str(self.out)) else "start"
+
+    def counting_dpo(self):
+        real = dpo.train_dpo
+
+        def train(rows, cfg, out, base=None, resume=False):
+            self.log.append(("dpo", self.name(base)))
+            return real(rows, cfg, out, base=base, resume=resume)
+
+        return train
+
+
+def test_each_round_loads_its_policy_once_and_releases_it_before_dpo(models, tmp_path, monkeypatch):
+    """Round r's dev responses and round r+1's samples come from one load of round r's policy (it
+    was two), and the policy is released before each DPO update."""
+    from psychocounsel.backends.transformers_local import TransformersBackend
+
+    lm, rm = models
+    out = tmp_path / "online"
+    events = Events(out)
+    load, close = TransformersBackend.load, TransformersBackend.close
+
+    def counting_load(self):
+        if self._lm is None:
+            events.log.append(("load", events.name(self.path)))
+        return load(self)
+
+    def counting_close(self):
+        if self._lm is not None:
+            events.log.append(("release", events.name(self.path)))
+        close(self)
+
+    monkeypatch.setattr(TransformersBackend, "load", counting_load)
+    monkeypatch.setattr(TransformersBackend, "close", counting_close)
+    monkeypatch.setattr(dpo, "train_dpo", events.counting_dpo())
+    summary = online.train_online(str(lm), rm, speeches(), out, config(rounds=2, generator="auto"))
+    assert events.log == [
+        ("load", "start"),  # round 0's dev responses, then round 1's samples
+        ("release", "start"),
+        ("dpo", "start"),
+        ("load", "round_1/policy"),  # round 1's dev responses, then round 2's samples
+        ("release", "round_1/policy"),
+        ("dpo", "round_1/policy"),
+        ("load", "round_2/policy"),  # round 2's dev responses
+        ("release", "round_2/policy"),  # at the end
+    ]
+    r1, r2 = summary["rounds"][1], summary["rounds"][2]
+    assert r1["generator"] == r2["generator"] == "transformers"  # auto without CUDA
+    assert "sample_load" not in r2["seconds"] and r2["seconds"]["dev_load"] > 0  # loaded once, in dev
+    assert r2["completion_tokens"]["sample"] > 0 and set(r2["seconds"]) >= {"sample", "dpo", "dev"}
+
+
+class FakeVLLM:
+    """The parts of vllm that rollout.VLLMBackend uses (LLM, SamplingParams,
+    distributed.cleanup_dist_env_and_memory), recording every call in ``events.log``. Its texts
+    depend on the request's seed, so that a speech's samples differ and make pairs."""
+
+    def __init__(self, events):
+        import types
+
+        self.events, self.inits, self.chats, self.generated = events, [], [], []
+        self.chat_template, self.fail = "{{ messages }}", None
+        fake = self
+        self.module = types.ModuleType("vllm")
+        self.distributed = types.ModuleType("vllm.distributed")
+        self.distributed.cleanup_dist_env_and_memory = lambda: events.log.append(("cleanup",))
+        self.module.distributed = self.distributed
+
+        class SamplingParams:
+            def __init__(self, **kwargs):
+                self.kwargs = kwargs
+
+        class LLM:
+            def __init__(self, model, **kwargs):
+                fake.inits.append({"model": model, **kwargs})
+                events.log.append(("load", events.name(model)))
+                self.llm_engine = types.SimpleNamespace(
+                    engine_core=types.SimpleNamespace(
+                        shutdown=lambda: events.log.append(("release", events.name(model)))
+                    )
+                )
+
+            def get_tokenizer(self):
+                return types.SimpleNamespace(chat_template=fake.chat_template)
+
+            def chat(self, messages, sampling_params=None, use_tqdm=True):
+                if fake.fail:
+                    raise ValueError(fake.fail)
+                fake.chats.append((messages, [p.kwargs for p in sampling_params]))
+                return [fake.output(p.kwargs) for p in sampling_params]
+
+            def generate(self, prompts, sampling_params=None, use_tqdm=True):
+                fake.generated.append(prompts)
+                return [fake.output(p.kwargs) for p in sampling_params]
+
+        self.module.LLM, self.module.SamplingParams = LLM, SamplingParams
+
+    @staticmethod
+    def output(params):
+        import types
+
+        seed = params["seed"] or 0
+        words = [WORDS[(seed >> (4 * i)) % len(WORDS)] for i in range(params["max_tokens"])]
+        best = types.SimpleNamespace(text=" ".join(words), token_ids=list(range(len(words))), finish_reason="length")
+        return types.SimpleNamespace(prompt_token_ids=[1, 2, 3], outputs=[best])
+
+
+@pytest.fixture
+def fake_vllm(monkeypatch, tmp_path):
+    events = Events(tmp_path / "online")
+    fake = FakeVLLM(events)
+    monkeypatch.setitem(sys.modules, "vllm", fake.module)
+    monkeypatch.setitem(sys.modules, "vllm.distributed", fake.distributed)
+    monkeypatch.setattr(dpo, "train_dpo", events.counting_dpo())
+    return fake
+
+
+def test_vllm_generates_each_round_and_is_shut_down_before_dpo(models, fake_vllm, tmp_path):
+    from psychocounsel.backends.base import ChatRequest
+    from psychocounsel.backends.cached import Meter
+    from psychocounsel.train.rollout import request_seed
+
+    lm, rm = models
+    out, meter = tmp_path / "online", Meter()
+    cfg = config(rounds=1, generator="vllm", vllm_max_model_len=256)
+    summary = online.train_online(str(lm), rm, speeches(), out, cfg, meter=meter)
+    assert fake_vllm.events.log == [
+        ("load", "start"),
+        ("release", "start"),  # the engine is shut down and the GPU cleaned before the update
+        ("cleanup",),
+        ("dpo", "start"),
+        ("load", "round_1/policy"),
+        ("release", "round_1/policy"),
+        ("cleanup",),
+    ]
+    assert fake_vllm.inits == [
+        {"model": str(lm), "dtype": "bfloat16", "gpu_memory_utilization": 0.5, "max_model_len": 256},
+        {
+            "model": str(out / "round_1" / "policy"),
+            "dtype": "bfloat16",
+            "gpu_memory_utilization": 0.5,
+            "max_model_len": 256,
+        },
+    ]
+    dev, train = online.split_dev(speeches(), cfg.dev_fraction, cfg.seed)
+    (dev0, greedy), (sampled, params), (dev1, _) = fake_vllm.chats
+    assert dev0 == dev1 == [[{"role": "user", "content": s["text"]}] for s in dev]
+    assert greedy == [{"n": 1, "temperature": 0.0, "top_p": 1.0, "max_tokens": cfg.max_tokens, "seed": None}] * len(dev)
+    # Sample-major: sample j of each of the round's speeches, seeded from j and the speech.
+    n = len(sampled) // cfg.k
+    assert n == cfg.speeches_per_round and sampled == sampled[:n] * cfg.k
+    expected = [request_seed(ChatRequest(m, {"seed": i // n})) for i, m in enumerate(sampled)]
+    assert [p["seed"] for p in params] == expected and len(set(expected)) == len(expected)
+    assert {(p["n"], p["temperature"], p["top_p"], p["max_tokens"]) for p in params} == {(1, 1.0, 1.0, cfg.max_tokens)}
+    assert summary["rounds"][1]["generator"] == "vllm" and summary["rounds"][1]["n_pairs"] > 0
+    calls = sum(row["calls"] for row in meter.by_model.values())
+    assert calls == 2 * len(dev) + cfg.k * n  # every response counted, as on the transformers path
+
+
+def test_generator_choice(monkeypatch, fake_vllm, models, tmp_path):
+    import torch
+
+    from psychocounsel.train.rollout import resolve_generator
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_generator("auto") == "vllm" and resolve_generator("transformers") == "transformers"
+    monkeypatch.setitem(sys.modules, "vllm", None)  # not installed: import raises ImportError
+    assert resolve_generator("auto") == "transformers"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(UserError, match="^generator: vllm, but vllm is not installed: pip install vllm"):
+        online.train_online(str(models[0]), models[1], speeches(), tmp_path / "o", config(generator="vllm"))
+    assert not (tmp_path / "o").exists()
+    with pytest.raises(UserError, match="generator: Input should be 'auto', 'transformers' or 'vllm'"):
+        override(OnlineConfig(), {"generator": "vlm"})
+
+
+def test_vllm_backend_without_a_chat_template_and_on_a_refused_call(models, fake_vllm):
+    """A model without a chat template gets the transformers backend's transcript; a call vLLM
+    refuses (e.g. a prompt over max_model_len) is a one-line UserError."""
+    from psychocounsel.backends.base import ChatRequest
+    from psychocounsel.train.rollout import VLLMBackend
+
+    backend = VLLMBackend(str(models[0]), OnlineConfig())
+    request = ChatRequest([{"role": "user", "content": "i feel sad"}], {"temperature": 0.0, "max_tokens": 3})
+    fake_vllm.chat_template = None
+    [done] = backend.complete([request])
+    assert fake_vllm.generated == [["user: i feel sad\n\nassistant:"]] and not fake_vllm.chats
+    assert (done.completion_tokens, done.prompt_tokens, done.finish_reason) == (3, 3, "length")
+    fake_vllm.chat_template, fake_vllm.fail = "{{ messages }}", "The decoder prompt (length 9000) is longer\nmore"
+    with pytest.raises(
+        UserError, match=r"^vllm could not generate with .*: The decoder prompt \(length 9000\) is longer$"
+    ):
+        backend.complete([request])
+    backend.close()
+    assert fake_vllm.events.log[-2:] == [("release", "start"), ("cleanup",)]

@@ -305,7 +305,23 @@ class OnlineConfig(_Strict):
     min_gap: Finite = Field(0.0, ge=0, description="smallest reward gap kept as a pair")
     dev_fraction: Finite = Field(0.1, gt=0, lt=1, description="share of speeches held out to pick the best round")
     seed: int = Field(0, description="seed of the dev split, the speech draw and (unless dpo.seed) DPO")
-    batch_size: int = Field(16, ge=1, description="sequences per generate() call")
+    batch_size: int = Field(16, ge=1, description="sequences per generate() call (transformers generator)")
+    generator: Literal["auto", "transformers", "vllm"] = Field(
+        "auto",
+        description="what writes the policy's responses: vllm (in-process vllm.LLM, started on each round's "
+        "policy), transformers, or auto (vllm when it imports and CUDA is available, else transformers)",
+    )
+    # 0.5, not vLLM's 0.9: vLLM takes this share of the whole GPU up front, and the reward model
+    # (float32: 32 GB for an 8B) and torch's own context share the GPU with it.
+    vllm_gpu_memory_utilization: Finite = Field(
+        0.5, gt=0, le=1, description="vllm: share of the GPU's memory for the policy's weights and KV cache"
+    )
+    vllm_dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
+        "bfloat16", description="vllm: dtype of the policy (bfloat16 as transformers uses on CUDA; auto: vLLM's rule)"
+    )
+    vllm_max_model_len: int | None = Field(
+        None, ge=1, description="vllm: context length (default the model's; less leaves more memory for the KV cache)"
+    )
     dpo: DPOConfig = Field(default_factory=DPOConfig)  # each round's DPO update
 
     def round_dpo(self) -> DPOConfig:

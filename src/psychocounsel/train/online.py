@@ -5,13 +5,19 @@ model's best and worst become a DPO pair; ``train_dpo`` updates the policy; the 
 responses to the held-out dev speeches are scored. The round with the best dev mean reward
 (round 0, the starting policy, included) is the checkpoint kept, as in the paper.
 
+Each policy is loaded for generation once: round R's policy writes round R's dev responses and
+then round R+1's samples from one load (``_Generator``), and is released before round R+1's DPO
+update, which needs the memory. ``cfg.generator`` picks the engine: transformers, or vLLM
+(train/rollout.py).
+
 Layout under ``out``::
 
     config.json            what the rounds were made from (a resumed run must match it)
     round_0/metrics.json   the starting policy on dev
     round_R/pairs.jsonl    prompt, chosen, rejected, chosen_reward, rejected_reward (+ id)
     round_R/policy/        the DPO-updated policy (train_dpo's output)
-    round_R/metrics.json   n_pairs, mean_gap, dev_mean_reward, dpo summary
+    round_R/metrics.json   n_pairs, mean_gap, dev_mean_reward, dpo summary, generator, seconds
+                           and tokens per phase (what a round costs: benchmarks/online_round.py)
     round_R/DONE           written last: a round without it is redone from scratch, unless its
                            DPO was killed part-way after a checkpoint (policy/checkpoints): then
                            its pairs are kept and the DPO resumes
@@ -23,6 +29,7 @@ from __future__ import annotations
 import logging
 import random
 import shutil
+import time
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
@@ -34,6 +41,7 @@ from ..errors import UserError
 from ..specs import parse_spec
 from ..store import read_json, read_jsonl, stable_hash, write_json, write_jsonl
 from . import checkpoints
+from .rollout import GENERATOR_FIELDS, open_generator, resolve_generator
 
 log = logging.getLogger(__name__)
 
@@ -81,20 +89,48 @@ def _require_inputs(policy: str, reward_model: Path, speeches: list[dict]) -> No
 _METER: ContextVar = ContextVar("psychocounsel_online_meter", default=None)
 
 
-def _generate(policy: str, prompts: list[str], params: list[dict], batch_size: int) -> list[str | None]:
-    """One batched backend call; the text of each completion, ``None`` where it failed or is empty."""
-    from ..backends import ChatRequest, load_backend
-    from ..config import BackendConfig
+class _Generator:
+    """Writes responses with one policy at a time, loading it on first use and keeping it until
+    another policy is asked for or ``release()``. ``seconds`` (load, generate) and ``tokens``
+    (completion tokens) add up over the run; each round's metrics report its share (``_Clock``)."""
 
-    backend = load_backend(BackendConfig(spec=policy, batch_size=batch_size))
-    try:
-        done = backend.complete([ChatRequest([{"role": "user", "content": p}], q) for p, q in zip(prompts, params)])
-    finally:
-        backend.close()
-    meter = _METER.get()
-    if meter is not None:
-        meter.record(backend.model, done, cached=False)
-    return [c.text if not c.error and c.text.strip() else None for c in done]
+    def __init__(self, engine: str, cfg: OnlineConfig):
+        self.engine, self.cfg = engine, cfg
+        self.policy: str | None = None
+        self.backend = None
+        self.seconds = {"load": 0.0, "generate": 0.0}
+        self.tokens = 0
+
+    def __call__(self, policy: str, prompts: list[str], params: list[dict]) -> list[str | None]:
+        """The text of each completion, ``None`` where it failed or is empty."""
+        from ..backends import ChatRequest
+
+        if policy != self.policy:
+            self.release()
+            start = time.perf_counter()
+            backend = open_generator(policy, self.engine, self.cfg)
+            backend.load()  # timed apart from generation
+            self.backend, self.policy = backend, policy
+            self.seconds["load"] += time.perf_counter() - start
+        start = time.perf_counter()
+        done = self.backend.complete(
+            [ChatRequest([{"role": "user", "content": p}], q) for p, q in zip(prompts, params)]
+        )
+        self.seconds["generate"] += time.perf_counter() - start
+        self.tokens += sum(c.completion_tokens for c in done)
+        meter = _METER.get()
+        if meter is not None:
+            meter.record(self.backend.model, done, cached=False)
+        return [c.text if not c.error and c.text.strip() else None for c in done]
+
+    def release(self) -> None:
+        """Free the policy's memory (vLLM's engine is shut down): before a DPO update and at the end."""
+        backend, self.backend, self.policy = self.backend, None, None
+        if backend is not None:
+            backend.close()
+
+    def clock(self) -> dict[str, float]:
+        return {**self.seconds, "tokens": self.tokens}
 
 
 def _rewards(rm, prompts: list[str], responses: list[str], max_length: int = 512) -> np.ndarray:
@@ -105,10 +141,10 @@ def _rewards(rm, prompts: list[str], responses: list[str], max_length: int = 512
     return score_responses(model, tokenizer, prompts, responses, max_length=max_length)
 
 
-def dev_reward(policy: str, rm, dev: list[dict], max_tokens: int, batch_size: int) -> dict[str, Any]:
+def dev_reward(generate: _Generator, policy: str, rm, dev: list[dict], max_tokens: int) -> dict[str, Any]:
     """Mean reward of the policy's greedy responses to the dev speeches."""
     prompts = [s["text"] for s in dev]
-    texts = _generate(policy, prompts, [{"temperature": 0.0, "max_tokens": max_tokens}] * len(dev), batch_size)
+    texts = generate(policy, prompts, [{"temperature": 0.0, "max_tokens": max_tokens}] * len(dev))
     ok = [i for i, t in enumerate(texts) if t is not None]
     if not ok:
         raise UserError(f"policy {policy} wrote no usable response to any of {len(dev)} dev speeches")
@@ -141,7 +177,7 @@ def make_pairs(
     return pairs
 
 
-def _sample_pairs(policy: str, rm, batch: list[dict], cfg: OnlineConfig) -> list[dict]:
+def _sample_pairs(generate: _Generator, policy: str, rm, batch: list[dict], cfg: OnlineConfig) -> list[dict]:
     """``k`` sampled responses per speech, scored, made into pairs. Requests are ordered sample-major
     so each sample's requests share params (distinct ``seed``) and the backend batches them."""
     n, k = len(batch), cfg.k
@@ -149,21 +185,23 @@ def _sample_pairs(policy: str, rm, batch: list[dict], cfg: OnlineConfig) -> list
     params = [
         {"temperature": cfg.temperature, "max_tokens": cfg.max_tokens, "seed": j} for j in range(k) for _ in range(n)
     ]
-    texts = _generate(policy, prompts, params, cfg.batch_size)
+    texts = generate(policy, prompts, params)
     ok = [i for i, t in enumerate(texts) if t is not None]
     scores = _rewards(rm, [prompts[i] for i in ok], [texts[i] for i in ok]) if ok else []
     return make_pairs(batch, texts, dict(zip(ok, scores)), k, cfg.min_gap)
 
 
 def _run_round(
-    r: int, policy: str, rm, data: tuple[list[dict], list[dict]], out: Path, cfg: OnlineConfig
+    r: int, policy: str, rm, data: tuple[list[dict], list[dict]], out: Path, cfg: OnlineConfig, generate: _Generator
 ) -> dict[str, Any]:
-    """Round ``r`` from ``policy``; ``data`` is (train, dev) speeches."""
+    """Round ``r`` from ``policy``; ``data`` is (train, dev) speeches. ``generate`` may hold
+    ``policy`` already (round r-1's dev responses); it holds round r's policy when this returns."""
     from .dpo import train_dpo
 
     train, dev = data
     folder = out / f"round_{r}"
     batch = random.Random(f"{cfg.seed}-round-{r}").sample(train, min(cfg.speeches_per_round, len(train)))
+    clock = _Clock(generate)
     if _dpo_interrupted(folder):
         pairs = read_jsonl(folder / "pairs.jsonl")
         log.info("online round %d: resuming its DPO update from %s", r, folder / "policy" / "checkpoints")
@@ -171,8 +209,10 @@ def _run_round(
         if folder.exists():
             shutil.rmtree(folder)  # a round without DONE died part-way: redo it from scratch
         folder.mkdir(parents=True)
-        pairs = _sample_pairs(policy, rm, batch, cfg)
+        pairs = _sample_pairs(generate, policy, rm, batch, cfg)
         write_jsonl(folder / "pairs.jsonl", pairs)
+    clock.lap("sample")
+    generate.release()  # the update needs the memory (a vLLM engine holds its share of the GPU)
     if pairs:
         dpo = train_dpo(pairs, cfg.round_dpo(), folder / "policy", base=policy, resume=True)
     else:  # nothing to learn from: the policy carries over unchanged so round r+1 has a base
@@ -180,14 +220,19 @@ def _run_round(
 
         shutil.copytree(local_model(policy), folder / "policy")
         dpo = None
+    clock.lap("dpo")
+    dev_metrics = dev_reward(generate, str(folder / "policy"), rm, dev, cfg.max_tokens)
+    clock.lap("dev")
     metrics = {
         "round": r,
         "policy": str(folder / "policy"),
         "n_speeches": len(batch),
         "n_pairs": len(pairs),
         "mean_gap": float(np.mean([p["chosen_reward"] - p["rejected_reward"] for p in pairs])) if pairs else None,
-        **dev_reward(str(folder / "policy"), rm, dev, cfg.max_tokens, cfg.batch_size),
+        **dev_metrics,
         "dpo": dpo,
+        "generator": generate.engine,
+        **clock.report(),
     }
     write_json(folder / "metrics.json", metrics)
     (folder / "DONE").write_text("", encoding="utf-8")
@@ -202,6 +247,30 @@ def _run_round(
     return metrics
 
 
+class _Clock:
+    """Seconds and completion tokens of a round's phases (sample, dpo, dev), the generator's
+    load and generate time split out of each, so a round's cost can be scaled up by phase."""
+
+    def __init__(self, generate: _Generator):
+        self.generate = generate
+        self.start, self.last = time.perf_counter(), generate.clock()
+        self.seconds: dict[str, float] = {}
+        self.tokens: dict[str, int] = {}
+
+    def lap(self, phase: str) -> None:
+        now, gen = time.perf_counter(), self.generate.clock()
+        self.seconds[phase] = round(now - self.start, 3)
+        for part in ("load", "generate"):
+            if gen[part] > self.last[part]:
+                self.seconds[f"{phase}_{part}"] = round(gen[part] - self.last[part], 3)
+        if gen["tokens"] > self.last["tokens"]:
+            self.tokens[phase] = int(gen["tokens"] - self.last["tokens"])
+        self.start, self.last = now, gen
+
+    def report(self) -> dict[str, Any]:
+        return {"seconds": self.seconds, "completion_tokens": self.tokens}
+
+
 def _dpo_interrupted(folder: Path) -> bool:
     """Whether a round died in its DPO update after a checkpoint, its pairs complete (written
     atomically before the update) and its policy not yet saved."""
@@ -213,13 +282,16 @@ def _dpo_interrupted(folder: Path) -> bool:
     )
 
 
-def _round_zero(policy: str, rm, dev: list[dict], out: Path, cfg: OnlineConfig) -> dict[str, Any]:
+def _round_zero(policy: str, rm, dev: list[dict], out: Path, cfg: OnlineConfig, generate: _Generator) -> dict:
     folder = out / "round_0"
     if (folder / "DONE").is_file():
         return read_json(folder / "metrics.json")
     if folder.exists():
         shutil.rmtree(folder)
-    metrics = {"round": 0, "policy": policy, **dev_reward(policy, rm, dev, cfg.max_tokens, cfg.batch_size)}
+    clock = _Clock(generate)
+    metrics = {"round": 0, "policy": policy, **dev_reward(generate, policy, rm, dev, cfg.max_tokens)}
+    clock.lap("dev")
+    metrics.update(generator=generate.engine, **clock.report())
     write_json(folder / "metrics.json", metrics)
     (folder / "DONE").write_text("", encoding="utf-8")
     log.info(
@@ -273,12 +345,16 @@ def train_online(
 def _train_online(policy: str, reward_model: Path, speeches: list[dict], out: Path, cfg: OnlineConfig) -> dict:
     policy, out = str(policy), Path(out)
     _require_inputs(policy, Path(reward_model), speeches)
+    engine = resolve_generator(cfg.generator)  # before anything is written: a missing vllm is a UserError
+    log.info("online: the policy's responses are written by %s", engine)
     from ..reward_model import load_reward_model
 
     dev, train = split_dev(speeches, cfg.dev_fraction, cfg.seed)
     out.mkdir(parents=True, exist_ok=True)
-    # What the rounds are made from; batch_size changes only the speed, not the result.
-    settings = cfg.model_dump(mode="json", exclude={"batch_size", "rounds", "dpo"})
+    # What the rounds are made from. batch_size and the generator change how fast the responses
+    # are written, not what they are drawn from (the same policy, temperature and max_tokens),
+    # so a run may be resumed with another engine (and run folders from before vLLM still match).
+    settings = cfg.model_dump(mode="json", exclude={"batch_size", "rounds", "dpo", *GENERATOR_FIELDS})
     _check_same_run(
         out,
         {
@@ -292,14 +368,18 @@ def _train_online(policy: str, reward_model: Path, speeches: list[dict], out: Pa
         },
     )
     rm = load_reward_model(reward_model)
-    metrics = [_round_zero(policy, rm, dev, out, cfg)]
-    current = policy
-    for r in range(1, cfg.rounds + 1):
-        folder = out / f"round_{r}"
-        if (folder / "DONE").is_file():
-            metrics.append(read_json(folder / "metrics.json"))
-            log.info("online round %d: done before, skipped", r)
-        else:
-            metrics.append(_run_round(r, current, rm, (train, dev), out, cfg))
-        current = str(folder / "policy")
+    generate = _Generator(engine, cfg)
+    try:
+        metrics = [_round_zero(policy, rm, dev, out, cfg, generate)]
+        current = policy
+        for r in range(1, cfg.rounds + 1):
+            folder = out / f"round_{r}"
+            if (folder / "DONE").is_file():
+                metrics.append(read_json(folder / "metrics.json"))
+                log.info("online round %d: done before, skipped", r)
+            else:
+                metrics.append(_run_round(r, current, rm, (train, dev), out, cfg, generate))
+            current = str(folder / "policy")
+    finally:
+        generate.release()
     return _keep_best(metrics, policy, out)
