@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import pyarrow.parquet as pq
+import pytest
 import yaml
 
 from psychocounsel.cli import main, serve_command
@@ -29,7 +30,7 @@ WINRATE_KEYS = (
     "avg_len_reference",
     "judge",
 )
-FIELDS = ("items_in", "items_out", "failed", "calls_made", "calls_cached", "seconds")
+FIELDS = ("items_in", "items_out", "failed", "calls_made", "calls_cached", "seconds", "peak_rss_mb")
 
 
 def _config(tmp: Path, model: Path) -> Path:
@@ -222,3 +223,20 @@ def test_training_stages_run_when_configured_and_are_skipped_when_done(tmp_path,
     assert main(["run", str(cfg_path), "--run-dir", str(run), "-q"]) == 0
     again = json.loads((run / "run.json").read_text())["stages"]
     assert again["reward_model"]["skipped"] and again["dpo"]["skipped"]
+
+
+def test_stage_peak_memory_is_the_stages_own(tmp_path):
+    """peak_rss_mb is reset per stage: a stage that allocates 200 MB reports it, the next
+    stage (after the memory is freed) reports less."""
+    import numpy as np
+
+    from psychocounsel import pipeline
+
+    reset = pipeline._reset_peak_rss()
+    if not reset:
+        pytest.skip("this kernel cannot reset the peak-RSS mark (/proc/self/clear_refs)")
+    block = np.ones(25_000_000)  # 200 MB, touched
+    big = pipeline._peak_rss_mb(reset)
+    del block
+    assert pipeline._reset_peak_rss()
+    assert pipeline._peak_rss_mb(True) < big - 150

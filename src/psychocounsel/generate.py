@@ -2,7 +2,9 @@
 
 Work is cut into fixed chunks per generator (one backend batch each) over the *whole* task
 list, so a resumed run sends exactly the batches an uninterrupted run would have sent, and
-seeded sampling gives the same rows. A chunk is appended to responses.jsonl only when complete.
+seeded sampling gives the same rows. A generator's tasks are ordered by the length of their
+speech first (stable, so equal lengths keep the speeches' order): a batch then holds speeches of
+about one length, and a long speech does not pad a batch of short ones. A chunk is appended to responses.jsonl only when complete.
 A failed call is logged (ids only) and left out; when every call of a batch fails before anything
 in this invocation worked, the stage stops with the reason: a generator that cannot answer at all
 is a setup problem, and the next stage would have nothing new to rate.
@@ -49,6 +51,11 @@ def request_for(speech: Speech, gen: GeneratorConfig) -> ChatRequest:
     return ChatRequest(system + speech.messages(), params)
 
 
+def _prompt_chars(speech: Speech) -> int:
+    """What a speech adds to a prompt's length, in characters (context turns included)."""
+    return sum(len(m["content"]) for m in speech.messages())
+
+
 def _chunk_size(gen: GeneratorConfig) -> int:
     if parse_spec(gen.backend.spec).kind == "openai":
         return 4 * gen.backend.concurrency  # enough in flight to keep the server busy
@@ -66,7 +73,7 @@ def run(cfg: GenerateConfig, rundir: RunDir, meter=None) -> dict[str, Any]:
     progress = bar(len(tasks), "generate", initial=sum(1 for s, g in tasks if response_id(s, g) in done))
     try:
         for gen in cfg.pool:
-            mine = [(s, g) for s, g in tasks if g.name == gen.name]
+            mine = sorted(((s, g) for s, g in tasks if g.name == gen.name), key=lambda t: _prompt_chars(t[0]))
             size = _chunk_size(gen)
             for start in range(0, len(mine), size):
                 chunk = mine[start : start + size]

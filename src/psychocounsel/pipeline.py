@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import resource
+import sys
 import time
 from importlib import metadata
 from pathlib import Path
@@ -102,6 +104,31 @@ RUNNERS = {
 }
 
 
+def _reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS mark of this process (Linux's ``/proc/self/clear_refs`` "5"),
+    so that the next :func:`_peak_rss_mb` is the stage's own peak; False where it cannot."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _peak_rss_mb(reset: bool) -> float:
+    """Peak resident memory in MB: since the last reset (``VmHWM``) where ``reset`` worked, else
+    the process's peak so far (``ru_maxrss``, which a stage can only raise)."""
+    if reset:
+        try:
+            for line in Path("/proc/self/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    return round(int(line.split()[1]) / 1024, 1)
+        except OSError:
+            pass
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KB on Linux, bytes on macOS
+    return round(peak / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)
+
+
 def run_stage(
     name: str, cfg: RunConfig, rundir: RunDir, force: bool = False, spent_before: float = 0.0
 ) -> dict[str, Any]:
@@ -112,24 +139,27 @@ def run_stage(
     what it spent (``stopped: max_cost``) and raises; its finished work is kept for the rerun."""
     if name not in RUNNERS:
         raise UserError(f"unknown stage '{name}'; stages: {', '.join(STAGES)}")
-    start = time.perf_counter()
+    start, reset = time.perf_counter(), _reset_peak_rss()
     meter = Meter(cfg.prices, cfg.max_cost, spent_before)
     try:
         stats = RUNNERS[name](cfg, rundir, force, meter)
     except CostLimitReached:
-        _record(rundir, name, {"stopped": "max_cost", **meter.figures()}, start)
+        _record(rundir, name, {"stopped": "max_cost", **meter.figures()}, start, reset)
         raise
     stats.setdefault("calls_made", 0)  # stages without model calls report zeros, not gaps
     stats.setdefault("calls_cached", 0)
     stats.update(meter.figures())
-    _record(rundir, name, stats, start)
+    _record(rundir, name, stats, start, reset)
     log.info("%s: %s", name, ", ".join(f"{k}={v}" for k, v in stats.items() if not isinstance(v, dict)))
     return stats
 
 
-def _record(rundir: RunDir, name: str, stats: dict[str, Any], start: float) -> None:
-    """``stages.<name>`` = stats, and run.json's ``cost``: the total of the stages' latest figures."""
+def _record(rundir: RunDir, name: str, stats: dict[str, Any], start: float, reset: bool) -> None:
+    """``stages.<name>`` = stats with its wall time and peak memory (``peak_rss_mb``: the
+    stage's own where the peak could be reset, else the process's so far), and run.json's
+    ``cost``: the total of the stages' latest figures."""
     stats["seconds"] = round(time.perf_counter() - start, 2)
+    stats["peak_rss_mb"] = _peak_rss_mb(reset)
     rundir.record_stage(name, stats)
     stages = rundir.read_run_json().get("stages", {})
     rundir.update_run_json(cost=round(sum(s.get("cost", 0.0) for s in stages.values()), 6))

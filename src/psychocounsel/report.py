@@ -241,14 +241,23 @@ def _headline(data: RunData) -> str:
 
 def _stages(data: RunData) -> str:
     rows = [
-        [name, s.get("items_in"), s.get("items_out"), s.get("failed"), s.get("calls_made"), s.get("seconds")]
+        [
+            name,
+            s.get("items_in"),
+            s.get("items_out"),
+            s.get("failed"),
+            s.get("calls_made"),
+            s.get("seconds"),
+            s.get("peak_rss_mb"),
+        ]
         for name, s in data.stages.items()
         if isinstance(s, dict)
     ]
     if not rows:
         return _na("run.json")
     return _table(
-        ["stage", "in", "out", "failed", "model calls", "seconds"], [[_fmt(v, ".1f") for v in r] for r in rows]
+        ["stage", "in", "out", "failed", "model calls", "seconds", "peak memory (MB)"],
+        [[_fmt(v, ".1f") for v in r] for r in rows],
     )
 
 
