@@ -463,3 +463,127 @@ def test_counsel_chat(tmp_path):
     assert len({r["text"].casefold() for r in rows}) == 824
     assert {r["source"] for r in rows} == {COUNSEL_CHAT.name} and all(r["topic"] for r in rows)
     assert "\n" in rows[0]["text"] and "   " not in rows[0]["text"]  # multi-line quoted, normalised
+
+
+# ---------------------------------------------------------------- streaming (benchmarks/scale.py)
+
+
+def speech_rows(n: int, seed: int = 0) -> list[list[str]]:
+    """n CSV rows [id, text]: with exact (recased) and near duplicates and rows too short."""
+    rng = random.Random(seed)
+    texts: list[str] = []
+    for i in range(n):
+        if texts and rng.random() < 0.1:
+            texts.append(rng.choice(texts).upper())
+        elif texts and rng.random() < 0.1:
+            texts.append(rng.choice(texts) + " again")
+        else:
+            texts.append(" ".join(words(rng.randrange(2, 60), seed=1000 + i)))
+    return [[f"q{i % (n // 3)}", t] for i, t in enumerate(texts)]  # ids reused: made unique
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl", "parquet"])
+def test_streamed_input_bigger_than_a_batch_gives_what_one_batch_gives(tmp_path, monkeypatch, fmt):
+    rows = speech_rows(400)
+    path = tmp_path / f"data.{fmt}"
+    if fmt == "csv":
+        with open(path, "w", newline="", encoding="utf-8") as f:
+            csv.writer(f).writerows([["id", "text"], *rows])
+    elif fmt == "jsonl":
+        path.write_text("".join(json.dumps({"id": i, "text": t}) + "\n" for i, t in rows))
+    else:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        pq.write_table(pa.table({"id": [r[0] for r in rows], "text": [r[1] for r in rows]}), path)
+    kw = {"id_column": "id", "min_chars": 20, "near_duplicate_threshold": 0.8, "limit": 300}
+    whole = ingest_file(path, tmp_path / "whole", **kw)
+    whole_bytes = (tmp_path / "whole/out/speeches.jsonl").read_bytes()
+    monkeypatch.setattr(ingest, "BATCH", 7)  # 58 batches of rows judged, 58 Parquet batches read
+    streamed = ingest_file(path, tmp_path / "streamed", **kw)
+    assert (tmp_path / "streamed/out/speeches.jsonl").read_bytes() == whole_bytes
+    stats = whole[0]
+    assert {**streamed[0], "log": None} == {**stats, "log": None}  # the log names the run folder
+    assert min(stats["dropped"][k] for k in ("too_short", "exact_duplicate", "near_duplicate")) >= 5
+    assert stats["ids_made_unique"] > 10 and stats["over_limit"] > 0
+    kept = [r["text"] for r in whole[1]]
+    # The streamed verdicts are the list function's, which test_dedupe_matches_brute_force checks.
+    survivors = [t for _, t in rows if len(normalise_text(t)) >= 20]
+    verdicts = dedupe(survivors, 0.8)
+    assert kept == [t for t, v in zip(survivors, verdicts) if v is None][:300]
+
+
+def test_dedupe_is_exact_even_when_the_shingle_filters_are_tiny(monkeypatch):
+    # Filters sized for one shingle call nearly every shingle shared: more candidates are
+    # checked, the verdicts do not change (a shingle in two documents is never called unique).
+    rng = random.Random(3)
+    docs = [" ".join(words(rng.randrange(3, 50), seed=i)) for i in range(200)]
+    docs += [d + " more" for d in docs[:60]] + [" ".join(d.split()[1:]) for d in docs[60:120]]
+    rng.shuffle(docs)
+    expected = dedupe(docs, 0.85)
+    assert expected.count("near_duplicate") >= 60
+    counts = dedupe_module.ShingleCounts(1)
+    assert counts.once.nbytes == 2**16 // 8
+    for d in docs:
+        counts.add(dedupe_module.shingle_hashes(d))
+    assert dedupe_module.NearDuplicates(0.85, counts).judge(docs) == expected
+
+
+def test_shingle_counts_memory_is_capped():
+    counts = dedupe_module.ShingleCounts(10**12)  # a petabyte of text: the filters stop growing
+    total = counts.once.nbytes + counts.twice.nbytes + counts.counts.nbytes
+    assert total == 2**29 // 8 + 2**27 // 8 + 4 * 2**22 == 96 * 2**20
+
+
+def test_shingle_hashes_are_the_shingles():
+    for text in ["I feel  so TIRED, always", "Help me", "", "one two three one two three"]:
+        assert len(dedupe_module.shingle_hashes(text)) == len(shingles(text))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet='ab,"\r\n ', max_size=30))
+def test_csv_lines_split_as_reading_the_whole_text_did(text):
+    import io
+
+    whole = list(io.StringIO(text, newline=""))
+    streamed = [piece for line in io.BytesIO(text.encode()) for piece in ingest._split_cr(line.decode()) if piece]
+    assert streamed == whole
+
+
+@pytest.mark.parametrize(
+    "name, content, message",
+    [
+        # A problem of an earlier kind wins wherever it is in the file, as when it was read whole.
+        ("late.csv", "a,b\n1,2\n3,\udcff\n", r"late.csv is not valid UTF-8 \(byte 0xff at offset 10\)"),
+        ("late.jsonl", '{"text": "a"}\n[1]\n{"text": "b"}\n{oops\n', "late.jsonl line 4: not valid JSON"),
+        ("badrow.jsonl", '{"text": "a", "ctx": "[{"}\n[2]\n', "badrow.jsonl line 2: expected a JSON object"),
+    ],
+)
+def test_first_kind_of_problem_is_reported_wherever_it_is(tmp_path, name, content, message):
+    (tmp_path / name).write_bytes(content.encode("utf-8", "surrogateescape"))
+    with pytest.raises(UserError, match=message):
+        ingest_file(tmp_path / name, tmp_path, context_column="ctx" if "badrow" in name else None)
+
+
+def test_bad_utf8_far_into_a_file_names_its_offset(tmp_path):
+    path = tmp_path / "late.jsonl"
+    head = "".join(json.dumps({"text": f"speech number {i}"}) + "\n" for i in range(5000))
+    path.write_bytes(head.encode() + b'{"oops\n' + b'{"text": "caf\xe9"}\n')
+    with pytest.raises(UserError) as e:
+        ingest_file(path, tmp_path)  # bad UTF-8 outranks the bad JSON line before it
+    assert str(e.value) == f"{path} is not valid UTF-8 (byte 0xe9 at offset {len(head) + 20}); re-encode it as UTF-8"
+
+
+def test_a_failed_ingest_leaves_the_run_folder_as_it_was(tmp_path):
+    good = tmp_path / "good.jsonl"
+    good.write_text(json.dumps({"text": SPEECHES[0]}) + "\n")
+    ingest_file(good, tmp_path)
+    before = (tmp_path / "out/speeches.jsonl").read_bytes()
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("".join(json.dumps({"text": t}) + "\n" for t in SPEECHES) + json.dumps({"text": 1, "ctx": "["}))
+    with pytest.raises(UserError, match="record 4: context is not valid JSON"):
+        ingest_file(bad, tmp_path, context_column="ctx")
+    with pytest.raises(UserError, match="no speech is left"):
+        ingest_file(bad, tmp_path, min_chars=5000)  # every row is read and spooled, then refused
+    assert (tmp_path / "out/speeches.jsonl").read_bytes() == before
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["speeches.jsonl"]  # no spool, no .tmp

@@ -723,3 +723,90 @@ def test_length_balance_flag(tmp_path, capsys):
     for bad in ("0.45", "1.5", "nan"):
         assert cli.main(["pairs", "--run-dir", str(rundir.root), "-q", "--length-balance", bad]) == 2
         assert capsys.readouterr().err.startswith("psychocounsel: error:")
+
+
+# -- streaming (benchmarks/scale.py) ----------------------------------------------------------
+
+
+def many_speeches(n: int) -> dict[str, dict[str, float]]:
+    """n speeches, 3 rated responses each (of 3 lengths), with every kind of gap."""
+    return {f"m{i:03d}": {"a": 1.0 + i % 5, "bbb": 1.0 + (i * 3) % 5, "cc": 5.0 - i % 4} for i in range(n)}
+
+
+@pytest.mark.parametrize("form", ["published", "trl"])
+def test_splits_bigger_than_a_row_group_hold_the_rows_of_one(tmp_path, monkeypatch, form):
+    from psychocounsel import pairs_io
+
+    cfg = PairsConfig(test_fraction=0.2, length_balance=0.5, format=form)
+    one = write_run(tmp_path / "one", scores=many_speeches(60))
+    pairs.run(cfg, one)
+    monkeypatch.setattr(pairs_io, "ROW_GROUP", 4)
+    many = write_run(tmp_path / "many", scores=many_speeches(60))
+    stats = pairs.run(cfg, many)
+    assert stats["train_pairs"] > 40 and stats["test_pairs"] > 8 and stats["length_balance"]["dropped"] > 0
+    for name in ("train", "test"):
+        assert pq.ParquetFile(many.pairs / f"{name}.parquet").metadata.num_row_groups > 2
+        assert read_split(many, name).to_pylist() == read_split(one, name).to_pylist()
+        assert (many.pairs / f"{name}.jsonl").read_bytes() == (one.pairs / f"{name}.jsonl").read_bytes()
+    assert (many.pairs / "README.md").read_text() == (one.pairs / "README.md").read_text()
+
+
+def test_a_small_split_is_byte_for_byte_the_whole_write(built, tmp_path):
+    rundir, _, _ = built
+    rows = read_split(rundir, "train").to_pylist()
+    pairs.write_parquet(tmp_path / "whole.parquet", rows, list(PAPER_KEYS))
+    assert (tmp_path / "whole.parquet").read_bytes() == (rundir.pairs / "train.parquet").read_bytes()
+
+
+def test_a_failure_while_writing_leaves_the_pairs_as_they_were(tmp_path, monkeypatch):
+    rundir = write_run(tmp_path / "run", scores=many_speeches(30))
+    pairs.run(PairsConfig(), rundir)
+    before = {p.name: p.read_bytes() for p in rundir.pairs.iterdir()}
+    calls = []
+
+    def failing(*args):
+        calls.append(1)
+        if len(calls) > 5:
+            raise OSError("disk full")
+        return real(*args)
+
+    real = pairs.pair_row
+    monkeypatch.setattr(pairs, "pair_row", failing)
+    with pytest.raises(OSError, match="disk full"):
+        pairs.run(PairsConfig(min_gap=0.5), rundir)
+    assert {p.name: p.read_bytes() for p in rundir.pairs.iterdir()} == before  # no .tmp left either
+
+
+def test_rated_holds_no_text(tmp_path):
+    import tracemalloc
+
+    from psychocounsel.rubric import load_rubric
+
+    rundir = write_run(tmp_path / "run", scores=many_speeches(300))
+    rows = read_jsonl(rundir.responses)
+    for r in rows:
+        r["text"] = r["text"] * 500  # ~8 KB a reply, 7 MB in all
+    rundir.responses.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    tracemalloc.start()
+    try:
+        rated = pairs.Rated(rundir, load_rubric(), JUDGE)
+        held = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    assert rated.n_ratings == 900 and held < 1_000_000  # ~350 bytes a rating; the replies are 7 MB
+    group = rated.group("m007", open(rundir.responses, "rb"))
+    assert [s.response.text for s in group] == [f"Reply {g} to m007." * 500 for g in ("a", "bbb", "cc")]
+
+
+def test_run_reads_rows_as_the_run_readers_do(tmp_path):
+    rundir = write_run(tmp_path / "run")
+    expected = pairs.run(PairsConfig(test_fraction=0.5, seed=7), rundir)
+    first = read_jsonl(rundir.ratings)[0]
+    # A repeated rating (the first one wins) and a torn last line (a killed rate) change nothing.
+    with open(rundir.ratings, "a", encoding="utf-8") as f:
+        f.write(json.dumps({**first, "scores": {k: 1.0 for k in PAPER_KEYS}}) + "\n" + '{"response_id": "r-s0')
+    assert pairs.run(PairsConfig(test_fraction=0.5, seed=7), rundir) == expected
+    with open(rundir.ratings, "a", encoding="utf-8") as f:
+        f.write("\n{}\n")
+    with pytest.raises(UserError, match=r"ratings.jsonl:\d+: not valid JSON"):
+        pairs.run(PairsConfig(), rundir)

@@ -3,27 +3,35 @@
 Reads CSV, JSONL, JSON, Parquet or plain text, normalises each speech, optionally scrubs PII,
 drops empty / too short / too long / duplicate speeches (first occurrence wins) and writes one
 Speech per line. Logs carry counts and ids only, never speech text.
+
+CSV, JSONL and Parquet are streamed: pass 1 filters rows onto a spool file in the run folder
+and counts shingles, pass 2 judges duplicates and writes; memory holds hashes, not text
+(1M rows: benchmarks/scale.py, docs/benchmarks.md).
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
-import io
+import itertools
 import json
 import logging
 import math
+import os
 import re
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from .cleaning import LINE_BREAKS, normalise_text, scrub_pii
 from .config import IngestConfig
-from .dedupe import dedupe
+from .dedupe import NearDuplicates, ShingleCounts, shingle_hashes
 from .errors import UserError
 from .records import Speech
-from .store import RunDir, stable_hash, write_jsonl
+from .store import JsonlWriter, RunDir, stable_hash
 
+Table = tuple[list[str], list[dict[str, Any]]]  # column names, rows
 FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".parquet": "parquet", ".txt": "txt"}
 DROP_REASONS = ("empty", "too_short", "too_long", "exact_duplicate", "near_duplicate")
 # Stored roles are the Speech ones; user/assistant (chat-style exports) map onto them.
@@ -31,7 +39,9 @@ ROLES = {"client": "client", "counselor": "counselor", "user": "client", "assist
 
 # ---------------------------------------------------------------- reading files
 
-Table = tuple[list[str], list[dict[str, Any]]]  # column names, rows
+# A lone CR ends a line too (old Mac files): csv reads lines as io.StringIO(newline="") splits them.
+_LONE_CR = re.compile(r"(?<=\r)(?!\n)")
+BATCH = 4096  # rows judged for duplicates at a time: ~4 MB of text and shingle hashes
 
 
 def detect_format(path: Path, fmt: str) -> str:
@@ -59,34 +69,138 @@ def _check_input(path: Path | None) -> Path:
     return path
 
 
+def _not_utf8(path: Path, raw: bytes, at: int) -> UserError:
+    return UserError(f"{path} is not valid UTF-8 (byte 0x{raw[0]:02x} at offset {at}); re-encode it as UTF-8")
+
+
 def _read_text(path: Path) -> str:
     data = path.read_bytes()
     try:
         text = data.decode("utf-8-sig")  # -sig: Excel writes a byte-order mark first
     except UnicodeDecodeError as e:
-        raise UserError(
-            f"{path} is not valid UTF-8 (byte 0x{data[e.start]:02x} at offset {e.start}); re-encode it as UTF-8"
-        ) from None
+        bom = 3 if data.startswith(codecs.BOM_UTF8) else 0  # -sig counts offsets after the mark
+        raise _not_utf8(path, data[bom + e.start :], bom + e.start) from None
     if not text.strip():
         raise UserError(f"{path} is empty")
     return text
 
 
-def _read_csv(path: Path, text: str) -> Table:
-    csv.field_size_limit(2**31 - 1)  # the default 131,072 chars is less than some long posts
-    reader = csv.reader(io.StringIO(text, newline=""))  # newline="": quoted fields keep newlines
-    try:
-        header = next(reader)
-        # An unnamed first column is the index pandas' to_csv() writes: nothing to read there.
-        named = [(i, name.strip()) for i, name in enumerate(header) if name.strip()]
-        rows = [
-            {name: cells[i] if i < len(cells) else None for i, name in named}
-            for cells in reader
-            if any(c.strip() for c in cells)
-        ]
-    except csv.Error as e:
-        raise UserError(f"{path} line {reader.line_num}: not valid CSV ({e})") from None
-    return [name for _, name in named], rows
+def _split_cr(line: str) -> list[str] | tuple[str]:
+    """A line split after each lone CR, as io.StringIO(newline="") reads it.
+
+    >>> _split_cr("a\\rb\\r\\n"), _split_cr("ab\\r\\n")
+    (['a\\r', 'b\\r\\n'], ('ab\\r\\n',))
+    """
+    return _LONE_CR.split(line) if line.count("\r") != line.count("\r\n") else (line,)
+
+
+class Source:
+    """The rows of an input file, read as they are used: CSV, JSONL and Parquet a line or a
+    batch at a time, JSON and text whole. ``columns`` is known before the rows (CSV header,
+    Parquet schema, JSON, text) or, for JSONL, after the last row (the union of the keys).
+
+    Problems come out in the order reading the whole file first gave them, whatever their
+    place in the file: bad UTF-8, then an empty file, then bad syntax (CSV, JSON), then a record
+    that is not an object. So iteration carries on past a problem, yielding no more rows, and
+    raises at the end; only bad UTF-8, which outranks everything, is raised where it is met.
+    """
+
+    def __init__(self, path: Path, fmt: str):
+        self.path, self.fmt = path, fmt
+        self.columns: list[str] | None = None
+        self.blank = True  # no character but whitespace so far
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        if self.fmt == "csv":
+            return self._csv()
+        if self.fmt == "jsonl":
+            return self._jsonl()
+        if self.fmt == "parquet":
+            return self._parquet()
+        text = _read_text(self.path)
+        columns, rows = _read_txt(text) if self.fmt == "txt" else _read_json(self.path, text)
+        self.columns = columns
+        return iter(rows)
+
+    def _lines(self) -> Iterator[str]:
+        """The file's lines split at "\n" only (kept), the byte-order mark dropped; bad UTF-8 is
+        raised here, naming the byte and its offset in the file."""
+        offset = 0
+        with open(self.path, "rb") as f:
+            for n, raw in enumerate(f):
+                if n == 0 and raw.startswith(codecs.BOM_UTF8):
+                    raw, offset = raw[3:], 3
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    raise _not_utf8(self.path, raw[e.start :], offset + e.start) from None
+                offset += len(raw)
+                if self.blank and line.strip():
+                    self.blank = False
+                yield line
+
+    def _empty(self) -> None:
+        if self.blank:
+            raise UserError(f"{self.path} is empty")
+
+    def _csv(self) -> Iterator[dict[str, Any]]:
+        csv.field_size_limit(2**31 - 1)  # the default 131,072 chars is less than some long posts
+        lines = self._lines()
+        # A CR before the line's own end is a lone one (a CSV written with "\r\n" has none).
+        split = (piece for line in lines for piece in _split_cr(line) if piece)
+        reader = csv.reader(split)
+        problem = None
+        try:
+            # An unnamed first column is the index pandas' to_csv() writes: nothing to read there.
+            named = [(i, name.strip()) for i, name in enumerate(next(reader, [])) if name.strip()]
+            self.columns = [name for _, name in named]
+            for cells in reader:
+                if any(c.strip() for c in cells):
+                    yield {name: cells[i] if i < len(cells) else None for i, name in named}
+        except csv.Error as e:
+            problem = UserError(f"{self.path} line {reader.line_num}: not valid CSV ({e})")
+            for _ in lines:  # bad UTF-8 further on is still the first problem to name
+                pass
+        self._empty()
+        if problem:
+            raise problem from None
+
+    def _jsonl(self) -> Iterator[dict[str, Any]]:
+        keys: dict[str, None] = {}  # ordered union of the keys
+        bad_json = not_object = None
+        # Lines split at "\n" only, not splitlines(): U+2028 may stand raw inside a JSON string.
+        for n, line in enumerate(self._lines(), start=1):
+            if not line.strip() or bad_json:
+                continue
+            try:
+                item = json.loads(line)
+            except json.JSONDecodeError:
+                bad_json = UserError(f"{self.path} line {n}: not valid JSON")
+                continue
+            if not isinstance(item, dict):
+                not_object = not_object or UserError(
+                    f"{self.path} line {n}: expected a JSON object, got {type(item).__name__}"
+                )
+            if not_object:
+                continue
+            keys.update(dict.fromkeys(item))
+            yield item
+        self._empty()
+        if bad_json or not_object:
+            raise (bad_json or not_object) from None
+        self.columns = list(keys)
+
+    def _parquet(self) -> Iterator[dict[str, Any]]:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        try:
+            file = pq.ParquetFile(self.path)
+            self.columns = file.schema_arrow.names
+            for batch in file.iter_batches(batch_size=BATCH):
+                yield from batch.to_pylist()
+        except (pa.ArrowException, OSError, ValueError) as e:
+            raise UserError(f"{self.path} is not a readable Parquet file ({type(e).__name__})") from None
 
 
 def _columns(path: Path, items: list[Any], where: Callable[[int], str]) -> list[str]:
@@ -94,18 +208,6 @@ def _columns(path: Path, items: list[Any], where: Callable[[int], str]) -> list[
         if not isinstance(item, dict):
             raise UserError(f"{path} {where(n)}: expected a JSON object, got {type(item).__name__}")
     return list(dict.fromkeys(key for item in items for key in item))  # ordered union of keys
-
-
-def _read_jsonl(path: Path, text: str) -> Table:
-    # split("\n"), not splitlines(): U+2028 may stand raw inside a JSON string.
-    numbered = [(n, line) for n, line in enumerate(text.split("\n"), start=1) if line.strip()]
-    items = []
-    for n, line in numbered:
-        try:
-            items.append(json.loads(line))
-        except json.JSONDecodeError:
-            raise UserError(f"{path} line {n}: not valid JSON") from None
-    return _columns(path, items, lambda i: f"line {numbered[i][0]}"), items
 
 
 def _read_json(path: Path, text: str) -> Table:
@@ -120,34 +222,9 @@ def _read_json(path: Path, text: str) -> Table:
     return _columns(path, data, lambda i: f"item {i + 1}"), data
 
 
-def _read_parquet(path: Path) -> Table:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    try:
-        table = pq.read_table(path)
-    except (pa.ArrowException, OSError, ValueError) as e:
-        raise UserError(f"{path} is not a readable Parquet file ({type(e).__name__})") from None
-    return table.column_names, table.to_pylist()
-
-
 def _read_txt(text: str) -> Table:
     blocks = re.split(r"\n[^\S\n]*\n", LINE_BREAKS.sub("\n", text))  # blank line = new speech
     return ["text"], [{"text": b} for b in blocks if b.strip()]
-
-
-def read_table(path: Path, fmt: str) -> Table:
-    """Columns and rows of an input file, every problem a one-line UserError."""
-    if fmt == "parquet":
-        columns, rows = _read_parquet(path)
-    elif fmt == "txt":
-        columns, rows = _read_txt(_read_text(path))
-    else:
-        readers = {"csv": _read_csv, "jsonl": _read_jsonl, "json": _read_json}
-        columns, rows = readers[fmt](path, _read_text(path))
-    if not rows:
-        raise UserError(f"{path} has no records")
-    return columns, rows
 
 
 # ---------------------------------------------------------------- rows -> speeches
@@ -193,14 +270,21 @@ def parse_context(value: Any, where: str, scrub: bool = False) -> list[dict[str,
     return turns
 
 
-def _require_columns(path: Path, columns: list[str], cfg: IngestConfig, text_col: str) -> None:
-    wanted = [
+def _wanted(cfg: IngestConfig, text_col: str) -> list[tuple[str | None, str]]:
+    return [
         (text_col, "--text-column"),
         (cfg.id_column, "--id-column"),
         (cfg.topic_column, "--topic-column"),
         (cfg.context_column, "--context-column"),
     ]
-    for name, option in wanted:
+
+
+def _missing(columns: list[str], cfg: IngestConfig, text_col: str) -> bool:
+    return any(name is not None and name not in columns for name, _ in _wanted(cfg, text_col))
+
+
+def _require_columns(path: Path, columns: list[str], cfg: IngestConfig, text_col: str) -> None:
+    for name, option in _wanted(cfg, text_col):
         if name is not None and name not in columns:
             raise UserError(
                 f"{path.name} has no column '{name}'; its columns are: {', '.join(columns) or '(none)'} (use {option})"
@@ -230,34 +314,33 @@ def _to_speech(row: dict, where: str, cfg: IngestConfig, text_col: str, source: 
     )
 
 
-def _unique_ids(speeches: list[Speech]) -> int:
-    """Suffix -2, -3... to an id already used by an earlier, different speech; returns how many.
+def _unique_id(sid: str, used: set[str]) -> str:
+    """``sid``, or with -2, -3... suffixed when an earlier, different speech has it already.
 
     Downstream stages join on speech ids, so two speeches must never share one; some exports
     reuse an id for different questions (CounselChat's questionID does, see test_ingest.py).
+
+    >>> _unique_id("5", {"5", "5-2"})
+    '5-3'
     """
-    used, renamed = set(), 0
-    for s in speeches:
-        if s.id in used:
-            k = 2
-            while f"{s.id}-{k}" in used:
-                k += 1
-            s.id, renamed = f"{s.id}-{k}", renamed + 1
-        used.add(s.id)
-    return renamed
+    if sid in used:
+        k = 2
+        while f"{sid}-{k}" in used:
+            k += 1
+        sid = f"{sid}-{k}"
+    return sid
 
 
-def _check_replace(rundir: RunDir, kept: list[Speech], dropped: dict[str, int], force: bool) -> None:
+def _check_replace(rundir: RunDir, ids: set[str], dropped: dict[str, int], force: bool) -> None:
     """Refuse (unless ``force``) to write no speech at all, or to orphan responses already made."""
     if force:
         return
-    if not kept:
+    if not ids:
         why = ", ".join(f"{n} {reason.replace('_', ' ')}" for reason, n in dropped.items() if n) or "no records"
         raise UserError(
             f"no speech is left after filtering ({why}); nothing written. Check --min-chars/"
             "--max-chars and the text column (--force writes an empty speeches.jsonl)"
         )
-    ids = {s.id for s in kept}
     orphaned = {r.speech_id for r in rundir.read_responses()} - ids
     if orphaned:
         raise UserError(
@@ -267,41 +350,88 @@ def _check_replace(rundir: RunDir, kept: list[Speech], dropped: dict[str, int], 
         )
 
 
+def _doc(speech: dict) -> str:
+    """What duplicates are judged on: the earlier turns and the text."""
+    return "\n".join([t["content"] for t in speech["context"]] + [speech["text"]])
+
+
+def _filter(source: Source, cfg: IngestConfig, spool, counts: ShingleCounts | None) -> dict[str, Any]:
+    """Pass 1: every row of ``source`` to a Speech on ``spool`` (one JSON line each) or a drop
+    reason, and the duplicate pass's shingle counts. Raises the file's first problem (see
+    ``Source``), then a missing column, then the first bad row, as reading it whole did."""
+    path, text_col = source.path, "text" if source.fmt == "txt" else cfg.text_column  # .txt: one column
+    dropped = dict.fromkeys(DROP_REASONS, 0)
+    n, bad_row = 0, None
+    for n, row in enumerate(source, start=1):
+        if bad_row or (source.columns is not None and _missing(source.columns, cfg, text_col)):
+            continue  # a problem to report is known: the rest is only read for an earlier kind
+        try:
+            result = _to_speech(row, f"{path} record {n}", cfg, text_col, path.name)
+        except UserError as e:
+            bad_row = e
+            continue
+        if isinstance(result, str):
+            dropped[result] += 1
+            continue
+        speech = result.to_dict()
+        spool.write(json.dumps(speech, ensure_ascii=False) + "\n")
+        if counts is not None:
+            counts.add(shingle_hashes(_doc(speech)))
+    if not n:
+        raise UserError(f"{path} has no records")
+    _require_columns(path, source.columns or [], cfg, text_col)
+    if bad_row:
+        raise bad_row from None
+    return {"items_in": n, "dropped": dropped}
+
+
+def _write(spool: Path, out: JsonlWriter, cfg: IngestConfig, judge: NearDuplicates, dropped: dict) -> dict[str, Any]:
+    """Pass 2: the spooled speeches in order, less duplicates and those over ``cfg.limit``, with
+    unique ids, to ``out``."""
+    used: set[str] = set()
+    over_limit = renamed = 0
+    with open(spool, encoding="utf-8") as f:
+        while batch := [json.loads(line) for line in itertools.islice(f, BATCH)]:
+            for speech, verdict in zip(batch, judge.judge([_doc(s) for s in batch])):
+                if verdict:
+                    dropped[verdict] += 1
+                elif cfg.limit and len(used) >= cfg.limit:
+                    over_limit += 1
+                else:
+                    sid = _unique_id(speech["id"], used)
+                    renamed += sid != speech["id"]
+                    speech["id"] = sid
+                    used.add(sid)
+                    out.write(speech)
+    return {"ids": used, "over_limit": over_limit, "renamed": renamed}
+
+
 def run(cfg: IngestConfig, rundir: RunDir, force: bool = False) -> dict:
     """Read ``cfg.input``, filter and deduplicate it, write RUN/speeches.jsonl; return the counts.
 
     items_in = items_out + sum(dropped) + over_limit. Duplicates are judged on the earlier turns
     and the text together, so one short reply after two different contexts is two speeches.
+    Streamed in two passes through a spool file in the run folder, so memory does not grow with
+    the text read (benchmarks/scale.py); speeches.jsonl is replaced only once all is well.
     """
     path = _check_input(cfg.input)
     fmt = detect_format(path, cfg.format)
-    columns, rows = read_table(path, fmt)
-    text_col = "text" if fmt == "txt" else cfg.text_column  # a .txt file has just the one column
-    _require_columns(path, columns, cfg, text_col)
-    dropped = dict.fromkeys(DROP_REASONS, 0)
-    speeches = []
-    for n, row in enumerate(rows, start=1):
-        result = _to_speech(row, f"{path} record {n}", cfg, text_col, path.name)
-        if isinstance(result, str):
-            dropped[result] += 1
-        else:
-            speeches.append(result)
-    docs = ["\n".join([t["content"] for t in s.context] + [s.text]) for s in speeches]
-    kept = []
-    for speech, verdict in zip(speeches, dedupe(docs, cfg.near_duplicate_threshold)):
-        if verdict:
-            dropped[verdict] += 1
-        else:
-            kept.append(speech)
-    over_limit = max(0, len(kept) - cfg.limit) if cfg.limit else 0
-    kept = kept[: len(kept) - over_limit]
-    renamed = _unique_ids(kept)
-    _check_replace(rundir, kept, dropped, force)
-    out_path = rundir.speeches
-    write_jsonl(out_path, [s.to_dict() for s in kept])
+    source = Source(path, fmt)
+    near = cfg.near_duplicate_threshold < 1.0
+    counts = ShingleCounts(path.stat().st_size // 6) if near else None  # ~6 bytes a word
+    fd, spool = tempfile.mkstemp(prefix=".ingest-", suffix=".spool", dir=rundir.root)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            read = _filter(source, cfg, f, counts)
+        dropped = read["dropped"]
+        with JsonlWriter(rundir.speeches) as out:
+            kept = _write(Path(spool), out, cfg, NearDuplicates(cfg.near_duplicate_threshold, counts), dropped)
+            _check_replace(rundir, kept["ids"], dropped, force)
+    finally:
+        os.unlink(spool)
     log = logging.getLogger(__name__).info
 
-    log(f"ingest: read {len(rows)} records from {path.name} ({fmt})")
+    log(f"ingest: read {read['items_in']} records from {path.name} ({fmt})")
     notes = {
         "too_short": f" (< {cfg.min_chars} chars)",
         "too_long": f" (> {cfg.max_chars} chars)",
@@ -310,15 +440,15 @@ def run(cfg: IngestConfig, rundir: RunDir, force: bool = False) -> dict:
     for reason, n in dropped.items():
         log(f"ingest: {reason}{notes.get(reason, '')}: dropped {n}")
     if cfg.limit:
-        log(f"ingest: limit {cfg.limit}: dropped {over_limit}")
-    if renamed:
-        log(f"ingest: {renamed} ids were reused by different speeches; suffixed -2, -3... to keep them unique")
-    log(f"ingest: wrote {len(kept)} speeches to {out_path}")
+        log(f"ingest: limit {cfg.limit}: dropped {kept['over_limit']}")
+    if kept["renamed"]:
+        log(f"ingest: {kept['renamed']} ids were reused by different speeches; suffixed -2, -3... to keep them unique")
+    log(f"ingest: wrote {out.rows} speeches to {rundir.speeches}")
     return {
-        "items_in": len(rows),
-        "items_out": len(kept),
+        "items_in": read["items_in"],
+        "items_out": out.rows,
         "failed": 0,
         "dropped": dropped,
-        "over_limit": over_limit,
-        "ids_made_unique": renamed,
+        "over_limit": kept["over_limit"],
+        "ids_made_unique": kept["renamed"],
     }

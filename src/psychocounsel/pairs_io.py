@@ -16,7 +16,7 @@ from typing import Any
 
 from .errors import UserError
 from .records import Speech
-from .store import json_row
+from .store import JsonlWriter, json_row
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
@@ -238,3 +238,67 @@ def as_conversation(row: dict, speech: Speech) -> dict:
         elif key != "question":
             out[key] = value
     return out
+
+
+# -- writing a split ----------------------------------------------------------------------------
+
+ROW_GROUP = 16_384  # rows held before a Parquet row group is written: ~40 MB of pair text
+
+
+def pairs_schema(keys: list[str], form: str = "published"):
+    """The Arrow schema of a pairs split; ``form`` "trl": prompt/chosen/rejected are lists of
+    {role, content} messages (``as_conversation``) and there is no ``question``."""
+    import pyarrow as pa
+
+    if form == "trl":
+        messages = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
+        fields = [("ID", pa.string()), ("prefID", pa.string())]
+        fields += [(c, messages) for c in ("prompt", "chosen", "rejected")]
+    else:
+        fields = [(c, pa.string()) for c in ("ID", "prefID", "question", "prompt", "chosen", "rejected")]
+    fields += [(c, pa.string()) for c in ("chosen_model", "rejected_model")]
+    fields += [(f"{side}_{k}_rating", pa.int64()) for side in ("chosen", "rejected") for k in keys]
+    fields += [(c, pa.float64()) for c in ("chosen_score", "rejected_score", "margin")]
+    return pa.schema(fields)
+
+
+class SplitWriter:
+    """One split written as it is made: ``NAME.parquet`` (a row group per ``ROW_GROUP`` rows) and
+    ``NAME.jsonl``, both into temp files that ``commit`` renames into place; ``discard`` removes
+    them. A split of fewer rows than ``ROW_GROUP`` is byte for byte what writing it whole gives."""
+
+    def __init__(self, folder: Path, name: str, keys: list[str], form: str = "published"):
+        import pyarrow.parquet as pq
+
+        self.path = folder / f"{name}.parquet"
+        self.tmp = self.path.with_suffix(".parquet.tmp")
+        self.schema = pairs_schema(keys, form)
+        self.parquet = pq.ParquetWriter(self.tmp, self.schema)
+        self.jsonl = JsonlWriter(folder / f"{name}.jsonl").__enter__()
+        self.buffer: list[dict] = []
+        self.rows = 0
+
+    def add(self, row: dict) -> None:
+        self.jsonl.write(row)
+        self.buffer.append(row)
+        self.rows += 1
+        if len(self.buffer) >= ROW_GROUP:
+            self._flush()
+
+    def _flush(self) -> None:
+        import pyarrow as pa
+
+        self.parquet.write_table(pa.Table.from_pylist(self.buffer, schema=self.schema))
+        self.buffer = []
+
+    def commit(self) -> None:
+        if self.buffer or not self.rows:
+            self._flush()  # an empty split keeps its columns
+        self.parquet.close()
+        self.tmp.replace(self.path)
+        self.jsonl.__exit__(None, None, None)
+
+    def discard(self) -> None:
+        self.parquet.close()
+        self.tmp.unlink(missing_ok=True)
+        self.jsonl.__exit__(UserError, None, None)

@@ -255,3 +255,73 @@ class Cache:
 
     def close(self) -> None:
         self.db.close()
+
+
+class JsonlWriter:
+    """Write a JSONL file row by row, atomically: rows go to PATH.tmp, which replaces PATH (after
+    fsync) only when the ``with`` block ends without an error; on an error it is removed and
+    PATH is left as it was. For files too big to build in memory (``write_jsonl`` takes a list).
+
+    >>> import tempfile
+    >>> path = Path(tempfile.mkdtemp()) / "rows.jsonl"
+    >>> with JsonlWriter(path) as out:
+    ...     out.write({"id": "a"})
+    >>> path.read_text(), out.rows
+    ('{"id": "a"}\\n', 1)
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.tmp = self.path.with_suffix(self.path.suffix + ".tmp")
+        self.rows = 0
+
+    def __enter__(self) -> JsonlWriter:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = open(self.tmp, "w", encoding="utf-8")
+        return self
+
+    def write(self, row: dict[str, Any]) -> None:
+        self._file.write(json.dumps(row, ensure_ascii=False) + "\n")
+        self.rows += 1
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            self._file.close()
+            self.tmp.unlink(missing_ok=True)
+            return
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        os.replace(self.tmp, self.path)
+
+
+def iter_jsonl_lines(path: str | Path) -> Iterable[tuple[int, int, str]]:
+    """(line number, byte offset, text) of each complete, non-blank line of a JSONL file written
+    by this module, read a line at a time (a torn last line is skipped, as ``read_jsonl`` does).
+    ``offset`` lets a reader come back to one row later (``read_jsonl_at``)."""
+    path = Path(path)
+    if not path.exists():
+        return
+    if path.is_dir():
+        raise UserError(f"{path} is a directory, not a JSONL file")
+    offset = 0
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, 1):
+            start, offset = offset, offset + len(raw)
+            if not raw.endswith(b"\n"):
+                return  # a torn last line
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise UserError(
+                    f"{path}:{n}: not valid UTF-8; the file is damaged: restore it, or delete it "
+                    "and rerun the stage that writes it"
+                ) from None
+            if text.strip():
+                yield n, start, text
+
+
+def read_jsonl_at(f, offset: int, where: str) -> dict[str, Any]:
+    """The JSONL row that starts at byte ``offset`` of the open binary file ``f``."""
+    f.seek(offset)
+    return json_row(f.readline().decode("utf-8"), where, DAMAGED)
