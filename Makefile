@@ -71,6 +71,8 @@ bench: dev
 	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/api_throughput.py --out benchmarks/results/api_throughput.json
 	OMP_NUM_THREADS=2 $(BIN)/python benchmarks/rm_scoring.py --out benchmarks/results/rm_scoring.json
 	OMP_NUM_THREADS=2 $(BIN)/python benchmarks/cached_rerun.py --out benchmarks/results/cached_rerun.json
+	OMP_NUM_THREADS=2 $(BIN)/python benchmarks/local_generation.py --out benchmarks/results/local_generation.json
+	OMP_NUM_THREADS=2 $(BIN)/python benchmarks/train_overhead.py --out benchmarks/results/train_overhead.json
 
 clean:
 	rm -rf $(VENV) runs

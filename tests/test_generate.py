@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -12,12 +13,13 @@ from pathlib import Path
 
 import yaml
 
+from psychocounsel.backends import ChatRequest
 from psychocounsel.cleaning import trim_incomplete
 from psychocounsel.config import GeneratorConfig
 from psychocounsel.generate import assign, response_id
 from psychocounsel.records import Speech
 
-from conftest import write_speeches
+from conftest import WORDS, write_speeches
 
 
 def _config(tmp: Path, model: Path, speeches: Path, max_tokens: int) -> Path:
@@ -114,3 +116,49 @@ def test_sigkill_mid_generate_resumes_to_same_rows(tmp_path, tiny_lm):
     ]
     stats = json.loads((killed / "run.json").read_text())["stages"]["generate"]
     assert 0 < stats["calls_made"] <= 60 - partial, "the resumed run redid finished work"
+
+
+def _backend(model: Path, batch_size: int):
+    from psychocounsel.backends.transformers_local import TransformersBackend
+    from psychocounsel.config import BackendConfig
+
+    return TransformersBackend(f"transformers:{model}", BackendConfig(batch_size=batch_size, device="cpu"))
+
+
+def _requests(n: int, params: dict) -> list:
+    """n speeches of 3 to 3 + 5 (n - 1) words, shuffled (seeded): asked out of length order."""
+    order = random.Random(n).sample(range(n), n)
+    return [ChatRequest([{"role": "user", "content": " ".join(WORDS[: 3 + 5 * k])}], dict(params)) for k in order]
+
+
+def test_batches_are_length_sorted_within_runs_of_equal_params(tiny_lm):
+    backend = _backend(tiny_lm, batch_size=2)
+    greedy, hot = {"temperature": 0.0, "max_tokens": 4}, {"temperature": 1.0, "max_tokens": 4}
+    requests = _requests(5, greedy) + _requests(3, hot)
+    batches = backend.batches(requests)
+    assert sorted(k for b in batches for k in b) == list(range(8))
+    assert [len(b) for b in batches] == [2, 2, 1, 2, 1]  # a run of 5 and a run of 3, cut at 2
+    lengths = [len(backend.prompt_ids(r.messages)) for r in requests]
+    flat = [lengths[k] for b in batches[:3] for k in b]
+    assert flat == sorted(flat) and len({requests[k].params["temperature"] for k in batches[3] + batches[4]}) == 1
+
+
+def test_sorted_batches_return_in_order_with_the_texts_of_one_at_a_time(tiny_lm):
+    requests = _requests(6, {"temperature": 0.0, "max_tokens": 6})
+    batched = _backend(tiny_lm, batch_size=4).complete(requests)
+    single = _backend(tiny_lm, batch_size=1).complete(requests)
+    lengths = [len(_backend(tiny_lm, 1).prompt_ids(r.messages)) for r in requests]
+    assert [c.prompt_tokens for c in batched] == lengths  # each result is its own request's
+    # Greedy decoding: left padding in a length-sorted batch does not change a text.
+    assert [c.text for c in batched] == [c.text for c in single]
+
+
+def test_sampled_texts_do_not_depend_on_request_order(tiny_lm):
+    """The batches, and so their seeds, are a function of which requests are asked: the same
+    requests asked in another order (a resumed chunk, another caller) give the same texts."""
+    requests = _requests(6, {"temperature": 1.0, "max_tokens": 8})
+    backend = _backend(tiny_lm, batch_size=4)
+    first = backend.complete(requests)
+    again = backend.complete(requests[::-1])[::-1]
+    assert [c.text for c in first] == [c.text for c in again]
+    assert len({c.text for c in first}) > 1

@@ -83,7 +83,9 @@ def run(cfg: GenerateConfig, rundir: RunDir, meter=None) -> dict[str, Any]:
                 if key not in backends:
                     backends[key] = load_backend(gen.backend, cache)
                 rows, failures = _answer(backends[key], chunk, done)
-                if not rows and not written:  # nothing has worked yet: a setup problem, stop before paying more
+                # every call of the chunk failed and nothing has worked yet: a setup problem, stop before
+                # paying more (a rerun re-asks only a chunk's failed rows: those failing again is no sign)
+                if not rows and not written and len(failures) == len(chunk):
                     reasons = "; ".join(sorted(set(failures.values())))[:300]
                     raise UserError(
                         f"generator {gen.name}: all {len(chunk)} calls of its first batch failed "

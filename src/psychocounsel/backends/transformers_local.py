@@ -1,9 +1,15 @@
 """Local Hugging Face models (a model folder or a GGUF file), batched, on CPU or GPU.
 
+Batches are length-sorted: within each run of requests that share sampling settings, the
+requests are ordered by prompt length (ties by a hash of their messages) before being cut into
+batches of ``batch_size``, so one long speech pads only a batch of long ones; results come back
+in the order asked.
+
 Sampling is made reproducible per batch: the torch seed of a batch is derived from the requests
-in it, so the same batch gives the same text whether it runs first or after a resumed crash. The
-seed is set inside ``torch.random.fork_rng()``, so the process's own random state (a trainer's,
-in train-online) is left as it was.
+in it, in their sorted order, so the same requests give the same texts whatever order they are
+asked in, and whether they run first or after a resumed crash (generate resends a chunk whole).
+The seed is set inside ``torch.random.fork_rng()``, so the process's own random state (a
+trainer's, in train-online) is left as it was.
 """
 
 from __future__ import annotations
@@ -161,27 +167,42 @@ class TransformersBackend(Backend):
                 top[s] = v
         return top
 
+    def batches(self, requests: list[ChatRequest]) -> list[list[int]]:
+        """Indices of ``requests`` cut into batches: each run of consecutive requests with identical
+        params (generate() takes them once per batch) in order of prompt length, then at most
+        batch_size long. Ties are ordered by a hash of the messages, not by position, so a batch
+        and its seed depend on which requests are asked, not on the order they are asked in."""
+        _, tok = self.load()
+        texts = [self.prompt_text(r.messages) for r in requests]
+        lengths = [len(ids) for ids in tok(texts, add_special_tokens=not tok.chat_template)["input_ids"]]
+        out: list[list[int]] = []
+        start = 0
+        while start < len(requests):
+            end = start + 1
+            while end < len(requests) and requests[end].params == requests[start].params:
+                end += 1
+            run = sorted(range(start, end), key=lambda k: (lengths[k], stable_hash(requests[k].messages)))
+            out.extend(run[i : i + self.cfg.batch_size] for i in range(0, len(run), self.cfg.batch_size))
+            start = end
+        return out
+
     def complete(self, requests: list[ChatRequest], progress: Any = None) -> list[Completion]:
-        """Batches are groups of consecutive requests with identical params, at most batch_size
-        long: a batch must share sampling settings because generate() takes them once."""
-        results: list[Completion] = []
-        i = 0
-        while i < len(requests):
-            j = i + 1
-            while j < len(requests) and j - i < self.cfg.batch_size and requests[j].params == requests[i].params:
-                j += 1
-            batch = requests[i:j]
+        """Completions of ``requests``, in their order, made in length-sorted batches (``batches``)."""
+        results: list[Completion | None] = [None] * len(requests)
+        for indices in self.batches(requests):
+            batch = [requests[k] for k in indices]
             try:
-                results.extend(self._run_batch(batch))
+                done = self._run_batch(batch)
             except RuntimeError as e:  # e.g. out of memory: fail these rows, keep the run going
-                results.extend(
+                done = [
                     Completion(text="", model=self.model, params=r.params, error=f"generation failed: {str(e)[:200]}")
                     for r in batch
-                )
+                ]
+            for k, c in zip(indices, done):
+                results[k] = c
             if progress:
                 progress(len(batch))
-            i = j
-        return results
+        return results  # type: ignore[return-value]
 
     def close(self) -> None:
         self._lm = self._tok = None
