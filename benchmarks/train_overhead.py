@@ -149,20 +149,25 @@ def instrument(module, name: str, timer, marks: dict):
     return lambda: setattr(module, name, original)
 
 
+def ours(module, builder: str, train) -> dict:
+    """Our stage, ``train()``, timed through its trainer (``module.builder`` instrumented)."""
+    timer, marks = step_timer(), {}
+    restore = instrument(module, builder, timer, marks)
+    try:
+        start = time.perf_counter()
+        train()
+        total = time.perf_counter() - start
+    finally:
+        restore()
+    return summary(timer, marks["train_s"], total, marks["trainer"])
+
+
 def ours_reward(pairs_dir: Path, out: Path) -> dict:
     from psychocounsel.config import RewardModelConfig
     from psychocounsel.train import reward
 
     cfg = RewardModelConfig(base="minilm", epochs=1, batch_size=8, lr=5e-5, max_length=384, use_margin=False)
-    timer, marks = step_timer(), {}
-    restore = instrument(reward, "build_reward_trainer", timer, marks)
-    try:
-        start = time.perf_counter()
-        reward.train_reward_model(pairs_dir, cfg, out)
-        total = time.perf_counter() - start
-    finally:
-        restore()
-    return summary(timer, marks["train_s"], total, marks["trainer"])
+    return ours(reward, "build_reward_trainer", lambda: reward.train_reward_model(pairs_dir, cfg, out))
 
 
 def plain_reward(rows: list[dict], out: Path) -> dict:
@@ -213,15 +218,7 @@ def ours_dpo(rows: list[dict], out: Path, steps: int) -> dict:
     cfg = DPOStageConfig(
         base="default", beta=0.1, lr=2e-5, batch_size=2, max_length=256, max_prompt_length=128, max_steps=steps
     )
-    timer, marks = step_timer(), {}
-    restore = instrument(dpo, "build_trainer", timer, marks)
-    try:
-        start = time.perf_counter()
-        dpo.train_dpo(rows, cfg, out)
-        total = time.perf_counter() - start
-    finally:
-        restore()
-    return summary(timer, marks["train_s"], total, marks["trainer"])
+    return ours(dpo, "build_trainer", lambda: dpo.train_dpo(rows, cfg, out))
 
 
 def plain_dpo(rows: list[dict], out: Path, steps: int) -> dict:
