@@ -13,12 +13,16 @@ from typing import Any
 
 def machine(packages: tuple[str, ...] = ("torch", "transformers"), **extra: Any) -> dict[str, Any]:
     """The machine and versions, and the 1-minute load average now: call it before the work, so
-    that it is other jobs' load (> 0.5: another job shared the cores)."""
+    that it is other jobs' load (> 0.5: another job shared the cores). ``cpu_native_bf16``: local
+    models compute in bf16 by default (psychocounsel/precision.py)."""
+    from psychocounsel.precision import cpu_has_bf16
+
     return {
         "cpus": os.cpu_count(),
         "python": platform.python_version(),
         **{name: version(name) for name in packages},
         "platform": platform.platform(),
+        "cpu_native_bf16": cpu_has_bf16(),
         "load_avg_1m_before": os.getloadavg()[0],
         **extra,
     }

@@ -13,7 +13,8 @@ quickstart's settings (configs/quickstart.yaml):
 - DPO: ``train_dpo`` (SmolLM2-135M-Instruct, batch 2, lr 2e-5, beta 0.1, max_length 256) against
   ``DPOTrainer(DPOConfig(...))`` with conversational rows, a reference model loaded the same way.
 
-Both arms run on the CPU in float32 (``use_cpu=True, bf16=False``) with the stage's activation
+Both arms run on the CPU in the stages' default precision (``use_cpu=True``, ``bf16`` autocast
+where the CPU has native bf16, as here, else float32: psychocounsel/precision.py) with the stage's activation
 checkpointing (off for the reward model on a CPU, on for DPO: the stages' defaults), logging every
 step, no checkpoint saves (the stages save none under 100 steps). What is compared: a callback
 records the time between consecutive ``on_step_end`` calls, so each interval holds one step and
@@ -177,6 +178,7 @@ def plain_reward(rows: list[dict], out: Path) -> dict:
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
     from trl import RewardConfig, RewardTrainer
 
+    from psychocounsel.precision import cpu_has_bf16
     from psychocounsel.specs import local_model
 
     start = time.perf_counter()
@@ -190,7 +192,7 @@ def plain_reward(rows: list[dict], out: Path) -> dict:
     args = RewardConfig(
         output_dir=str(out),
         use_cpu=True,
-        bf16=False,
+        bf16=cpu_has_bf16(),  # the stages' default (precision.train_bf16)
         gradient_checkpointing=False,
         learning_rate=5e-5,
         num_train_epochs=1,
@@ -228,6 +230,7 @@ def plain_dpo(rows: list[dict], out: Path, steps: int) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import DPOConfig, DPOTrainer
 
+    from psychocounsel.precision import cpu_has_bf16
     from psychocounsel.specs import local_model
 
     start = time.perf_counter()
@@ -248,7 +251,7 @@ def plain_dpo(rows: list[dict], out: Path, steps: int) -> dict:
     args = DPOConfig(
         output_dir=str(out),
         use_cpu=True,
-        bf16=False,
+        bf16=cpu_has_bf16(),  # the stages' default (precision.train_bf16)
         beta=0.1,
         learning_rate=2e-5,
         per_device_train_batch_size=2,

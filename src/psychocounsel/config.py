@@ -48,7 +48,7 @@ class BackendConfig(_Strict):
     max_response_bytes: int = Field(4 * 1024 * 1024, ge=1024)
     batch_size: int = Field(8, ge=1, description="local models: sequences per generate() call")
     device: str = "auto"  # transformers: auto | cpu | cuda | cuda:N | mps
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: bf16 on GPU and native-bf16 CPUs
 
 
 # Backend settings added after psychocounsel 0.1.0 that cannot change a completion's text: left out
@@ -215,6 +215,11 @@ class _Trainer(_Strict):
     )
     report_to: str = Field(
         "none", description="where the Trainer logs metrics: none, all, or e.g. wandb,tensorboard (installed apart)"
+    )
+    # ~3x faster steps on a CPU with AVX512_BF16 (precision.py); a CPU without it emulates bf16, slower.
+    bf16: bool | None = Field(
+        None,
+        description="autocast to bf16, fp32 master weights (default: on a GPU and on a CPU with native bf16)",
     )
 
 
@@ -510,7 +515,7 @@ class ServeConfig(_Strict):
     reward_max_length: int = Field(512, ge=16, description="tokens per prompt + response scored")
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N | mps")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        "auto", description="auto: bf16 on GPU, fp32 on CPU"
+        "auto", description="auto: bf16 on a GPU and on a CPU with native bf16 (AVX512_BF16/AMX), else fp32"
     )
 
 

@@ -18,6 +18,7 @@ import time
 from typing import Any
 
 from ..config import BackendConfig
+from ..precision import auto_dtype
 from ..store import stable_hash
 from .base import Backend, ChatRequest, Completion
 
@@ -44,10 +45,9 @@ def _pick_device(name: str) -> str:
 
 
 def _dtype_name(name: str, device: str) -> str:
-    """The torch dtype a model is loaded in: ``auto`` is bfloat16 on CUDA, float32 elsewhere."""
-    if name == "auto":
-        return "bfloat16" if device.startswith("cuda") else "float32"
-    return name
+    """The torch dtype a model is loaded in: ``auto`` is bfloat16 on CUDA and on a CPU with native
+    bf16, float32 elsewhere (precision.py)."""
+    return auto_dtype(device) if name == "auto" else name
 
 
 class TransformersBackend(Backend):

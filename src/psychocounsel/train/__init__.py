@@ -56,7 +56,9 @@ def save_merged(trainer, out):
     """
     from peft import PeftModel
 
-    model = trainer.model
+    # Without the mixed-precision wrapper: under bf16 autocast, accelerate patches forward() for
+    # good, and the returned model would score in bf16 where the saved one reloads in fp32.
+    model = trainer.accelerator.unwrap_model(trainer.model, keep_fp32_wrapper=False)
     model.config.use_cache = True  # training turns the KV cache off; generation wants it back
     if isinstance(model, PeftModel):
         model = model.merge_and_unload()

@@ -24,6 +24,7 @@ from typing import Any
 from ..card import intended_use
 from ..config import DPOConfig
 from ..errors import UserError
+from ..precision import train_bf16
 from ..progress import enabled as progress_enabled
 from . import checkpoints, is_main_process, lora_config, save_merged, use_step_log
 
@@ -113,7 +114,7 @@ def _dpo_config(out: Path, cfg: DPOConfig):
         save_total_limit=cfg.save_total_limit,
         disable_tqdm=not progress_enabled(),
         use_cpu=not cuda,
-        bf16=cuda,
+        bf16=train_bf16(cfg.bf16, not cuda),  # on a CPU only with native bf16 (precision.py)
         # transformers 5 renamed gradient_checkpointing to activation_checkpointing; the new name wins
         # over TRL's default gradient_checkpointing=True (and silences the deprecation warning).
         activation_checkpointing=cfg.gradient_checkpointing,
@@ -131,7 +132,7 @@ def _dpo_config(out: Path, cfg: DPOConfig):
 
 
 def load_policy(path: Path):
-    """The causal LM in ``path``, in float32 (master weights; bf16 is autocast on CUDA)."""
+    """The causal LM in ``path``, in float32 (master weights; bf16 is autocast where train_bf16 says)."""
     import torch
     from transformers import AutoModelForCausalLM
 

@@ -26,6 +26,7 @@ from ..card import intended_use
 from ..config import RewardModelConfig
 from ..errors import UserError
 from ..pairs_io import load_pairs
+from ..precision import train_bf16
 from ..progress import enabled as progress_enabled
 from ..reward_model import encode, ensure_pad_token
 from . import checkpoints, is_main_process, lora_config, save_merged, use_step_log
@@ -59,7 +60,7 @@ def _reward_config(out: Path, cfg: RewardModelConfig, n_rows: int):
         save_total_limit=cfg.save_total_limit,
         disable_tqdm=not progress_enabled(),
         use_cpu=cpu,
-        bf16=not cpu,  # TRL defaults bf16=True; CPU autocast in bf16 is slow and lossy
+        bf16=train_bf16(cfg.bf16, cpu),  # on a CPU only with native bf16: emulated it is slower than fp32
         # transformers 5 renamed gradient_checkpointing to activation_checkpointing; the new name wins over
         # TRL's default gradient_checkpointing=True. Off on CPU: memory is not the limit, time is (~20% more).
         activation_checkpointing=not cpu,
@@ -95,7 +96,7 @@ def load_base_classifier(path: Path, pad_token_id: int, seed: int):
     if config.get_text_config().pad_token_id is None:
         config.get_text_config().pad_token_id = pad_token_id  # the classifier finds the last real token by it
     set_seed(seed)
-    # fp32 master weights on every device; bf16 is autocast on CUDA.
+    # fp32 master weights on every device; bf16 is autocast where train_bf16 says.
     return AutoModelForSequenceClassification.from_pretrained(path, config=config, dtype=torch.float32)
 
 
