@@ -587,3 +587,13 @@ def test_a_failed_ingest_leaves_the_run_folder_as_it_was(tmp_path):
         ingest_file(bad, tmp_path, min_chars=5000)  # every row is read and spooled, then refused
     assert (tmp_path / "out/speeches.jsonl").read_bytes() == before
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["speeches.jsonl"]  # no spool, no .tmp
+
+
+def test_invisible_characters_are_every_cc_and_cf_but_newline_and_tab():
+    import sys
+    import unicodedata
+
+    every = "".join(chr(c) for c in range(sys.maxunicode + 1) if not 0xD800 <= c <= 0xDFFF)
+    kept = "".join(c for c in every if c in "\n\t" or unicodedata.category(c) not in ("Cc", "Cf"))
+    assert cleaning._strip_invisible(every) == kept
+    assert cleaning._strip_invisible("a\u200bb\u2066c\x00d\n\te\U000e0001") == "abcd\n\te"

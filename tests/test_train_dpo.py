@@ -182,3 +182,40 @@ def test_report_to_is_checked_and_passed_to_trl(tiny_lm, tmp_path):
     if "tensorboard" not in get_available_reporting_integrations():
         with pytest.raises(UserError, match=r"report_to: tensorboard is not installed \(pip install tensorboard\)"):
             dpo._dpo_config(tmp_path, DPOConfig(report_to="none,tensorboard"))
+
+
+def test_cpu_scoring_of_completions_only_gives_the_same_logprobs(tiny_lm, monkeypatch):
+    import torch
+    from trl.trainer import utils
+
+    from psychocounsel.train.dpo import load_policy, score_completions_only_on_cpu
+
+    torch.manual_seed(0)
+    ids = torch.randint(4, 60, (2, 12))
+    labels = ids.clone()
+    labels[:, :5] = -100  # the prompt
+    labels[1, 9:] = -100  # padding
+
+    def logprobs():
+        model = load_policy(tiny_lm)
+        utils.add_fused_lm_head(model)
+        out = model(input_ids=ids, labels=labels, fused_lm_head=True)
+        out.log_probs.sum().backward()
+        return out.log_probs.detach(), model.lm_head.weight.grad.clone()
+
+    monkeypatch.setattr(utils, "_use_triton", utils._use_triton)  # restored after the test
+    every_position, grad_every = logprobs()
+    score_completions_only_on_cpu()
+    assert utils._use_triton(torch.device("cpu"))
+    score_completions_only_on_cpu()  # twice: still one wrapper
+    assert not getattr(utils._use_triton.__closure__[0].cell_contents, "psychocounsel", False)
+    compact, grad_compact = logprobs()
+
+    with torch.no_grad():
+        direct = torch.log_softmax(load_policy(tiny_lm)(input_ids=ids).logits[:, :-1].float(), -1)
+        direct = direct.gather(-1, ids[:, 1:, None].clamp(min=0))[..., 0]
+    valid = labels[:, 1:] != -100
+    assert torch.allclose(compact, every_position, atol=1e-6)
+    assert torch.allclose(compact[valid], direct[valid], atol=1e-5)
+    assert (compact[~valid] == 0).all()
+    assert torch.allclose(grad_compact, grad_every, atol=1e-6)

@@ -5,7 +5,9 @@ Pure functions (doctested): text in, text out.
 
 from __future__ import annotations
 
+import functools
 import re
+import sys
 import unicodedata
 
 # Line breaks other than "\n" (CR, VT, FF, NEL, U+2028/9): str.splitlines() honours them all.
@@ -14,10 +16,26 @@ _SPACES = re.compile(r"[^\S\n]+")
 _BLANK_RUNS = re.compile(r"\n{3,}")
 
 
+@functools.cache
+def _invisible() -> re.Pattern:
+    """One character class of every Cc and Cf code point but "\\n" and "\\t", from this Python's
+    Unicode tables (built once, ~0.3 s): a regex pass is several times faster than asking
+    unicodedata.category() of each character of a million speeches."""
+    ranges, start = [], None
+    for code in range(sys.maxunicode + 2):
+        hit = code <= sys.maxunicode and chr(code) not in "\n\t" and unicodedata.category(chr(code)) in ("Cc", "Cf")
+        if hit and start is None:
+            start = code
+        elif not hit and start is not None:
+            ranges.append(f"\\U{start:08x}-\\U{code - 1:08x}")
+            start = None
+    return re.compile(f"[{''.join(ranges)}]")
+
+
 def _strip_invisible(text: str) -> str:
     # Cc = control characters, Cf = zero-width and bidi marks (ZWSP, ZWJ, BOM, LRM...): invisible
     # chars that would otherwise make two identical-looking speeches differ.
-    return "".join(c for c in text if c in "\n\t" or unicodedata.category(c) not in ("Cc", "Cf"))
+    return _invisible().sub("", text)
 
 
 def normalise_text(text: str) -> str:

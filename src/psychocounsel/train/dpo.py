@@ -142,6 +142,30 @@ def load_policy(path: Path):
         raise UserError(f"cannot load {path} as a causal LM: {str(e).splitlines()[0][:200]}") from None
 
 
+def score_completions_only_on_cpu() -> None:
+    """Make TRL's fused LM head score only the completion tokens on a CPU, as it does on CUDA.
+
+    TRL 1.x computes the log-probabilities of a batch in vocabulary chunks. On a device with
+    Triton it scores only the positions that carry a label (the completion); elsewhere it scores
+    every position, prompt and padding too, so that compiled tile shapes stay fixed. Nothing is
+    compiled on a CPU, and the prompt is most of a counseling pair's tokens: scoring the labelled
+    positions only gives the same log-probabilities and made a quickstart DPO step (SmolLM2-135M,
+    batch 2, length 256, bf16 on 2 cores) 1.6x faster, median 5.9 s against 9.5 s. A TRL without
+    this hook is left as it is.
+    """
+    from trl.trainer import utils
+
+    use_triton = getattr(utils, "_use_triton", None)
+    if use_triton is None or getattr(use_triton, "psychocounsel", False):
+        return
+
+    def compact(device) -> bool:
+        return device.type == "cpu" or use_triton(device)
+
+    compact.psychocounsel = True
+    utils._use_triton = compact
+
+
 def build_trainer(rows: list[dict], base: str, out: Path, cfg: DPOConfig):
     """A TRL DPOTrainer for ``rows`` on the local model ``base`` (a spec: default or a folder)."""
     from datasets import Dataset
@@ -161,6 +185,7 @@ def build_trainer(rows: list[dict], base: str, out: Path, cfg: DPOConfig):
         import datasets
 
         datasets.disable_progress_bars()
+    score_completions_only_on_cpu()
     # The reference is the base: a second copy for full fine-tuning, the adapter switched off with LoRA.
     trainer = DPOTrainer(
         model=load_policy(path),
