@@ -22,10 +22,25 @@ def machine(packages: tuple[str, ...] = ("torch", "transformers"), **extra: Any)
         "python": platform.python_version(),
         **{name: version(name) for name in packages},
         "platform": platform.platform(),
+        "cpu": cpu_model(),
         "cpu_native_bf16": cpu_has_bf16(),
         "load_avg_1m_before": os.getloadavg()[0],
         **extra,
     }
+
+
+def cpu_model() -> str:
+    """The CPU's model name and its widest vector flags (results differ ~2x between an AVX2-only
+    and an AVX-512 host of the same two cores; see docs/benchmarks.md)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return platform.processor() or "unknown"
+    lines = text.splitlines()
+    name = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")), "unknown")
+    flags = next((set(ln.split()) for ln in lines if ln.startswith("flags")), set())
+    wanted = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
+    return f"{name} ({' '.join(f for f in wanted if f in flags) or 'no AVX2'})"
 
 
 def write_result(out: Path, name: str, value: Any, unit: str, goal: str, met: bool, details: dict) -> None:

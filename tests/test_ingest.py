@@ -99,6 +99,33 @@ def test_jsonl_round_trip(tmp_path):
     assert [r["id"] for r in rows] == ["0", "1", "2"]
 
 
+def test_speech_to_dict_is_asdict_with_its_turns_copied():
+    import dataclasses
+
+    from psychocounsel.records import Speech
+
+    speech = Speech("s1", "text", "grief", [{"role": "client", "content": "earlier"}], "file.csv")
+    row = speech.to_dict()
+    assert row == dataclasses.asdict(speech) and list(row) == [f.name for f in dataclasses.fields(Speech)]
+    row["context"][0]["content"] = "changed"
+    assert speech.context[0]["content"] == "earlier"
+
+
+def test_run_files_keep_unicode_line_breaks_inside_a_row(tmp_path):
+    # json.dumps(ensure_ascii=False) writes U+2028, U+0085, VT, FF and CR raw inside a string; a
+    # model's reply may hold any of them, and reading the run file back must not split the row there.
+    from psychocounsel.store import append_jsonl
+
+    texts = ["a\u2028b", "c\x85d", "e\x0bf\x0cg", "h\ri", "j\u2029k\x1cl"]
+    path = tmp_path / "responses.jsonl"
+    append_jsonl(path, [{"id": str(i), "text": t} for i, t in enumerate(texts)])
+    with open(path, "ab") as f:
+        f.write(b'{"id": "torn", "te')  # a killed writer's torn last line is still ignored
+    assert [r["text"] for r in read_jsonl(path)] == texts
+    append_jsonl(path, [{"id": "5", "text": "m"}])
+    assert [r["id"] for r in read_jsonl(path)] == ["0", "1", "2", "3", "4", "5"]
+
+
 @pytest.mark.parametrize("wrap", [lambda items: items, lambda items: {"data": items}])
 def test_json_round_trip(tmp_path, wrap):
     path = tmp_path / "data.json"
@@ -587,6 +614,13 @@ def test_a_failed_ingest_leaves_the_run_folder_as_it_was(tmp_path):
         ingest_file(bad, tmp_path, min_chars=5000)  # every row is read and spooled, then refused
     assert (tmp_path / "out/speeches.jsonl").read_bytes() == before
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["speeches.jsonl"]  # no spool, no .tmp
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text(alphabet=st.characters(max_codepoint=127), max_size=60))
+def test_ascii_fast_path_is_the_unicode_path(text):
+    fast = cleaning._ASCII_INVISIBLE.sub("", cleaning.LINE_BREAKS.sub("\n", text))
+    assert fast == cleaning._unicode_visible(text)
 
 
 def test_invisible_characters_are_every_cc_and_cf_but_newline_and_tab():

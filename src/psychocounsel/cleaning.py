@@ -12,8 +12,11 @@ import unicodedata
 
 # Line breaks other than "\n" (CR, VT, FF, NEL, U+2028/9): str.splitlines() honours them all.
 LINE_BREAKS = re.compile(r"\r\n|[\r\x0b\x0c\x85\u2028\u2029]")
-_SPACES = re.compile(r"[^\S\n]+")
+# Runs of 2+ spaces, and any other space character, but "\n": a single " " is left alone (the
+# same output as replacing every run, without rewriting each single space).
+_SPACES = re.compile(r"[^\S\n]{2,}|[^\S\n ]")
 _BLANK_RUNS = re.compile(r"\n{3,}")
+_ASCII_INVISIBLE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")  # ASCII's Cc but "\n" and "\t"; it has no Cf
 
 
 @functools.cache
@@ -38,6 +41,14 @@ def _strip_invisible(text: str) -> str:
     return _invisible().sub("", text)
 
 
+def _unicode_visible(text: str) -> str:
+    """Every line break as a newline, NFKC, no invisible characters."""
+    # Invisible characters go before NFKC too: "e" + ZWJ + U+0301 only composes to "é" once the
+    # ZWJ is gone, and the result must already be NFKC for normalise_text to be idempotent.
+    text = _strip_invisible(LINE_BREAKS.sub("\n", text))
+    return _strip_invisible(unicodedata.normalize("NFKC", text))
+
+
 def normalise_text(text: str) -> str:
     """NFKC, no invisible characters, single spaces, at most one blank line, stripped lines.
 
@@ -48,13 +59,17 @@ def normalise_text(text: str) -> str:
     >>> normalise_text(" \\n \\t ")
     ''
     """
-    # Invisible characters go before NFKC too: "e" + ZWJ + U+0301 only composes to "é" once the
-    # ZWJ is gone, and the result must already be NFKC for normalise_text to be idempotent.
-    text = _strip_invisible(LINE_BREAKS.sub("\n", text))
-    text = _strip_invisible(unicodedata.normalize("NFKC", text))
+    if text.isascii():
+        # Most speeches: NFKC leaves ASCII as it is, so one pass over ASCII's few line breaks and
+        # controls gives what _unicode_visible gives (tested), about 4x faster.
+        text = _ASCII_INVISIBLE.sub("", LINE_BREAKS.sub("\n", text))
+    else:
+        text = _unicode_visible(text)
     text = _SPACES.sub(" ", text)
     text = "\n".join(line.strip() for line in text.split("\n"))
-    return _BLANK_RUNS.sub("\n\n", text).strip()
+    if "\n\n\n" in text:
+        text = _BLANK_RUNS.sub("\n\n", text)
+    return text.strip()
 
 
 _EMAIL = re.compile(r"[\w.+'%-]+@[\w-]+(?:\.[\w-]+)*\.[A-Za-z]{2,}\b")

@@ -28,7 +28,15 @@ class Speech:
     source: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        # What dataclasses.asdict gives (the turns copied), without its recursive deep copy:
+        # ingest writes a million of these.
+        return {
+            "id": self.id,
+            "text": self.text,
+            "topic": self.topic,
+            "context": [dict(turn) for turn in self.context],
+            "source": self.source,
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Speech:

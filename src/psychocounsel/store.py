@@ -50,7 +50,9 @@ def _complete_lines(path: Path) -> tuple[list[str], int]:
             f"{path}:{line}: not valid UTF-8; the file is damaged: restore it, or delete it "
             "and rerun the stage that writes it"
         ) from None
-    return text.splitlines(), end
+    # "\n" only, not splitlines(): json.dumps(ensure_ascii=False) writes U+2028, U+0085 and the
+    # like raw inside strings, and splitlines() would break a row at them.
+    return text.split("\n"), end
 
 
 DAMAGED = "the file is damaged: restore it, or delete it and rerun the stage that writes it"
