@@ -65,9 +65,9 @@ bench-screen: dev
 	OMP_NUM_THREADS=2 $(BIN)/python benchmarks/crisis_screen.py --out benchmarks/results/crisis_screen.json
 
 # Speed where users feel it (docs/benchmarks.md): each script writes benchmarks/results/<name>.json
-# with name, value, unit, goal, met, details. Six scripts, about 20 minutes on 2 idle cores (most
-# of it 1M-row ingest and pairs); sizes and repeats are trimmed to fit (each script's --help has
-# the full ones). The HTTP client is one thread; the models use both cores.
+# with name, value, unit, goal, met, details. Six scripts: 32 minutes on the 2-core AVX2 machine,
+# 46% of it the 1M-row ingest and pairs of scale.py (rm_scoring and local_generation run fewer
+# pairs and repeats than their defaults). The HTTP client is one thread; the models use both cores.
 bench: dev
 	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/api_throughput.py --out benchmarks/results/api_throughput.json
 	OMP_NUM_THREADS=2 $(BIN)/python benchmarks/rm_scoring.py --pairs 32 --out benchmarks/results/rm_scoring.json
@@ -78,7 +78,7 @@ bench: dev
 
 # The quickstart as a new user meets it: a fresh clone of HEAD, a new venv, an empty model cache,
 # make quickstart timed per stage, then a cached rerun (benchmarks/results/quickstart.json). As long
-# as the quickstart itself (8 to 21 minutes, depending on the CPU); not part of `bench`.
+# as the quickstart itself (9 to 21 minutes so far, depending on the CPU); not part of `bench`.
 bench-quickstart: dev
 	$(BIN)/python benchmarks/quickstart.py --out benchmarks/results/quickstart.json
 

@@ -14,7 +14,7 @@ quickstart's settings (configs/quickstart.yaml):
   ``DPOTrainer(DPOConfig(...))`` with conversational rows, a reference model loaded the same way.
 
 Both arms run on the CPU in the stages' default precision (``use_cpu=True``, ``bf16`` autocast
-where the CPU has native bf16, as here, else float32: psychocounsel/precision.py) with the stage's activation
+where the CPU has native bf16, else float32: psychocounsel/precision.py) with the stage's activation
 checkpointing (off for the reward model on a CPU, on for DPO: the stages' defaults), logging every
 step, no checkpoint saves (the stages save none under 100 steps). What is compared: a callback
 records the time between consecutive ``on_step_end`` calls, so each interval holds one step and

@@ -112,8 +112,9 @@ def test_speech_to_dict_is_asdict_with_its_turns_copied():
 
 
 def test_run_files_keep_unicode_line_breaks_inside_a_row(tmp_path):
-    # json.dumps(ensure_ascii=False) writes U+2028, U+0085, VT, FF and CR raw inside a string; a
-    # model's reply may hold any of them, and reading the run file back must not split the row there.
+    # json.dumps(ensure_ascii=False) escapes C0 controls (CR, VT, FF...) but writes U+2028, U+2029
+    # and U+0085 raw inside a string; a model's reply may hold any of them, and reading the run
+    # file back must not split the row at them.
     from psychocounsel.store import append_jsonl
 
     texts = ["a\u2028b", "c\x85d", "e\x0bf\x0cg", "h\ri", "j\u2029k\x1cl"]

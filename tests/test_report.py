@@ -4,9 +4,13 @@ stage's outputs (fake numbers, real schemas), and partial ones where figures mus
 from __future__ import annotations
 
 import base64
+import json
 import random
 import re
 
+import pytest
+
+from psychocounsel import report
 from psychocounsel.figures import FIGURES
 from psychocounsel.pairs import write_parquet
 from psychocounsel.report import write_report
@@ -239,3 +243,44 @@ def test_single_eval_file_and_custom_output_path(tmp_path):
     page = out.read_text(encoding="utf-8")
     assert page.count(IMG) == 1 and "solo-judge" in page
     assert [p.name for p in (tmp_path / "elsewhere" / "page").glob("*.png")] == ["6_winrate.png"]
+
+
+def figures_part(page: str) -> str:
+    return page[page.index("<h2>Figures</h2>") : page.index("<h2>Stages</h2>")]
+
+
+def test_a_rerun_reuses_the_figures_and_redraws_only_when_what_they_show_changes(tmp_path, monkeypatch):
+    run = full_run(tmp_path / "run")
+    first = figures_part(write_report(run).read_text(encoding="utf-8"))
+    draws = []
+    real = report._draw
+    monkeypatch.setattr(report, "_draw", lambda data, png_dir: draws.append(1) or real(data, png_dir))
+    run_json = json.loads((run / "run.json").read_text(encoding="utf-8")) if (run / "run.json").exists() else {}
+    run_json.setdefault("stages", {}).setdefault("report", {})["seconds"] = 123.4  # a rerun's timings
+    write_json(run / "run.json", run_json)
+    page = write_report(run).read_text(encoding="utf-8")
+    assert draws == [] and figures_part(page) == first and "123.4" in page
+
+    write_json(run / "eval" / "winrate.json", winrate("judge-c", 0.3))  # what a figure shows
+    assert figures_part(write_report(run).read_text(encoding="utf-8")) != first and draws == [1]
+    (run / "report" / "6_winrate.png").unlink()  # a picture gone
+    write_report(run)
+    (run / "report" / "figures.json").write_text("{torn", encoding="utf-8")  # a damaged key
+    write_report(run)
+    assert draws == [1, 1, 1] and (run / "report" / "6_winrate.png").read_bytes().startswith(PNG_MAGIC)
+    write_report(run)
+    assert draws == [1, 1, 1]
+
+
+def test_no_stale_key_survives_a_drawing_that_fails(tmp_path, monkeypatch):
+    run = full_run(tmp_path / "run")
+    write_report(run)
+
+    def broken(data):
+        raise RuntimeError("matplotlib failed")
+
+    monkeypatch.setattr(report, "FIGURES", [report.FIGURES[0]._replace(draw=broken), *report.FIGURES[1:]])
+    write_json(run / "eval" / "winrate.json", winrate("judge-d", 0.4))
+    with pytest.raises(RuntimeError):
+        write_report(run)
+    assert not (run / "report" / "figures.json").exists()
