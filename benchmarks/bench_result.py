@@ -32,13 +32,13 @@ def machine(packages: tuple[str, ...] = ("torch", "transformers"), **extra: Any)
 def cpu_model() -> str:
     """The CPU's model name and its widest vector flags (results differ ~2x between an AVX2-only
     and an AVX-512 host of the same two cores; see docs/benchmarks.md)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return platform.processor() or "unknown"
+    from psychocounsel.precision import cpu_flags, cpuinfo
+
+    text = cpuinfo()
     lines = text.splitlines()
-    name = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")), "unknown")
-    flags = next((set(ln.split()) for ln in lines if ln.startswith("flags")), set())
+    name = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")), None)
+    name = name or platform.processor() or "unknown"
+    flags = cpu_flags(text)
     wanted = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
     return f"{name} ({' '.join(f for f in wanted if f in flags) or 'no AVX2'})"
 

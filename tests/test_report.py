@@ -255,8 +255,8 @@ def test_a_rerun_reuses_the_figures_and_redraws_only_when_what_they_show_changes
     draws = []
     real = report._draw
     monkeypatch.setattr(report, "_draw", lambda data, png_dir: draws.append(1) or real(data, png_dir))
-    run_json = json.loads((run / "run.json").read_text(encoding="utf-8")) if (run / "run.json").exists() else {}
-    run_json.setdefault("stages", {}).setdefault("report", {})["seconds"] = 123.4  # a rerun's timings
+    run_json = json.loads((run / "run.json").read_text(encoding="utf-8"))
+    run_json["stages"].setdefault("report", {})["seconds"] = 123.4  # a rerun's timings
     write_json(run / "run.json", run_json)
     page = write_report(run).read_text(encoding="utf-8")
     assert draws == [] and figures_part(page) == first and "123.4" in page

@@ -18,20 +18,30 @@ NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 
 
 @functools.cache
+def cpuinfo() -> str:
+    """/proc/cpuinfo's text; "" off Linux or where it cannot be read."""
+    if not sys.platform.startswith("linux"):
+        return ""
+    try:
+        return Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return ""
+
+
+def cpu_flags(text: str) -> set[str]:
+    """The words of /proc/cpuinfo's ``flags`` lines (not ``bugs`` or others)."""
+    return {word for line in text.splitlines() if line.startswith("flags") for word in line.split()}
+
+
+@functools.cache
 def cpu_has_bf16() -> bool:
     """True where this CPU multiplies bf16 in hardware (Linux: its /proc/cpuinfo flags)."""
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return False
-    return native_bf16(text)
+    return native_bf16(cpuinfo())
 
 
-def native_bf16(cpuinfo: str) -> bool:
+def native_bf16(text: str) -> bool:
     """Whether /proc/cpuinfo's text lists a native bf16 flag on its ``flags`` lines."""
-    flags = {word for line in cpuinfo.splitlines() if line.startswith("flags") for word in line.split()}
+    flags = cpu_flags(text)
     return any(flag in flags for flag in NATIVE_BF16_FLAGS)
 
 
