@@ -15,7 +15,8 @@ benchmarks/results/scale.json and docs/scale.png.
 - pairs: a run directory as rate leaves it: 4 responses of 40-120 words per speech, a rating
   of each on the 7 principles (1% failed), run.json naming the judge; ``psychocounsel pairs``.
 
-    python benchmarks/scale.py                       # 10k, 100k, 1M rows; about 4 min on 2 cores
+    python benchmarks/scale.py                       # 10k, 100k, 1M rows; 12-15 min on 2 cores
+    python benchmarks/scale.py --jobs 2              # the two series side by side: about 10 min
     python benchmarks/scale.py --sizes 2000,20000    # a quick look
 """
 
@@ -31,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -297,6 +299,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="10000,100000,1000000", help="ingest CSV rows and pairs ratings")
     ap.add_argument("--screen-rows", type=int, default=1000, help="rows of the CLI ingest with the screen (0: skip)")
+    ap.add_argument(
+        "--jobs",
+        type=int,
+        choices=(1, 2),
+        default=1,
+        help="2: run the ingest and the pairs series at the same time, one single-threaded stage process "
+        "each (a 2-core machine's two cores; the time per row stays within a few %%, see docs/benchmarks.md)",
+    )
     ap.add_argument("--out", type=Path, default=RESULT)
     ap.add_argument("--figure", type=Path, default=FIGURE)
     args = ap.parse_args()
@@ -305,8 +315,13 @@ def main() -> None:
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="psychocounsel-scale-") as name:
         tmp = Path(name)
-        ingest_rows = bench_ingest(tmp, sizes)
-        pairs_rows = bench_pairs(tmp, sizes)
+        if args.jobs == 2:  # the two series side by side, each stage process on a core of its own
+            with ProcessPoolExecutor(2) as pool:
+                ingest_job, pairs_job = pool.submit(bench_ingest, tmp, sizes), pool.submit(bench_pairs, tmp, sizes)
+                ingest_rows, pairs_rows = ingest_job.result(), pairs_job.result()
+        else:
+            ingest_rows = bench_ingest(tmp, sizes)
+            pairs_rows = bench_pairs(tmp, sizes)
         screen = bench_screen(tmp, args.screen_rows) if args.screen_rows else None
     peak = max(r["peak_mb"] for r in ingest_rows + pairs_rows)
     linear = {"ingest": ratio(ingest_rows, "rows"), "pairs": ratio(pairs_rows, "ratings")}
@@ -320,6 +335,7 @@ def main() -> None:
         "bound_mb": PEAK_BOUND_MB,
         "linear_bound": LINEAR_BOUND,
         "seconds_total": round(time.perf_counter() - start, 1),
+        "jobs": args.jobs,
         "machine": info,
     }
     figure(args.figure, ingest_rows, pairs_rows)

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import collections
 import csv
 import doctest
 import json
 import logging
 import random
+import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -566,6 +569,31 @@ def test_shingle_counts_memory_is_capped():
 def test_shingle_hashes_are_the_shingles():
     for text in ["I feel  so TIRED, always", "Help me", "", "one two three one two three"]:
         assert len(dedupe_module.shingle_hashes(text)) == len(shingles(text))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(st.characters(max_codepoint=127), max_size=40) | st.text(max_size=20))
+def test_words_are_the_regex_words_of_the_casefolded_text(text):
+    # ASCII takes a translate-and-split path; it must give exactly what \w+ finds.
+    assert dedupe_module.words(text) == re.findall(r"\w+", text.casefold())
+
+
+def test_shingle_counts_mark_every_shingle_in_two_documents_shared():
+    rng = random.Random(5)
+    docs = [" ".join(rng.choices(VOCAB[:12], k=rng.randrange(3, 30))) for _ in range(300)]
+    sets = [dedupe_module.shingle_hashes(d) for d in docs]
+    counts = dedupe_module.ShingleCounts(500)  # small filters: many bytes hold several bits
+    for i, s in enumerate(sets):
+        counts.add(s)
+        if i % 50 == 49:
+            counts._flush()  # as a long input does: shared within a batch and across batches
+    seen = collections.Counter(h for s in sets for h in s)
+    assert sum(n > 1 for n in seen.values()) > 500
+    flat = np.array(list(seen), dtype=np.int64)
+    shared, estimate = counts.rank(flat)
+    for h, is_shared, est in zip(flat.tolist(), shared.tolist(), estimate.tolist()):
+        assert is_shared or seen[h] == 1
+        assert est >= seen[h]
 
 
 @settings(max_examples=300, deadline=None)

@@ -7,7 +7,7 @@ import html
 import re
 from collections import defaultdict
 from pathlib import Path
-from statistics import mean
+from statistics import fmean
 
 from . import __version__
 
@@ -229,8 +229,8 @@ def write_card(
     gen_rows = []
     for name in sorted(by_gen):
         items = by_gen[name]
-        per = [f"{mean(s.rating.scores[k] for s in items):.2f}" for k in rubric.keys]
-        gen_rows.append([name, len(items), f"{mean(s.score for s in items):.2f}", *per])
+        per = [f"{fmean(s.rating.scores[k] for s in items):.2f}" for k in rubric.keys]
+        gen_rows.append([name, len(items), f"{fmean(s.score for s in items):.2f}", *per])
     margins = [r["margin"] for r in train + test]
     meta = dataset_front_matter(cfg, {"train": len(train), "test": len(test)})
     text = f"""{meta}# Preference pairs (psychocounsel {__version__})
@@ -253,7 +253,7 @@ Principle-rated counselor responses, paired in the PsychoCounsel-Preference form
 Rated responses: {sum(len(g) for g in groups.values())} over {len(groups)} speeches.
 Rules: train = every two responses of a speech whose weighted scores differ by >= {cfg.min_gap};
 test = best vs worst response of each test speech ({cfg.test_fraction:.0%} of speeches, seed {cfg.seed}).
-Mean margin: {mean(margins) if margins else 0:.2f}.
+Mean margin: {fmean(margins) if margins else 0:.2f}.
 
 {_crisis_note(crisis)}
 

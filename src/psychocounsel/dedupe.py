@@ -19,6 +19,7 @@ are compared by their 64-bit hash: two different shingles colliding in one compa
 from __future__ import annotations
 
 import hashlib
+import itertools
 import math
 import re
 from array import array
@@ -26,6 +27,9 @@ from collections import defaultdict
 from collections.abc import Iterable
 
 _WORD = re.compile(r"\w+")
+# ASCII text: every character that \w does not match becomes a space, so str.split() gives the
+# words findall would, ~3x faster (most speeches are ASCII).
+_ASCII_NON_WORD = str.maketrans({c: " " for c in map(chr, range(128)) if not (c.isalnum() or c == "_")})
 _K = 4  # Bloom filter positions per shingle: ~2% false "seen" at 7 bits per distinct shingle
 
 
@@ -37,10 +41,21 @@ def shingles(text: str, n: int = 3) -> set[str]:
     >>> shingles("Help me")
     {'help me'}
     """
-    words = _WORD.findall(text.casefold())
-    if len(words) < n:
-        return {" ".join(words)} if words else set()
-    return {" ".join(gram) for gram in zip(*(words[k:] for k in range(n)))}
+    tokens = words(text)
+    if len(tokens) < n:
+        return {" ".join(tokens)} if tokens else set()
+    return {" ".join(gram) for gram in zip(*(tokens[k:] for k in range(n)))}
+
+
+def words(text: str) -> list[str]:
+    """The casefolded words (``\\w+``) of ``text``.
+
+    >>> words("I'm  so TIRED,always_2 ")
+    ['i', 'm', 'so', 'tired', 'always_2']
+    """
+    if text.isascii():
+        return text.lower().translate(_ASCII_NON_WORD).split()
+    return _WORD.findall(text.casefold())
 
 
 def shingle_hashes(text: str) -> set[int]:
@@ -49,10 +64,10 @@ def shingle_hashes(text: str) -> set[int]:
     >>> len(shingle_hashes("I feel  so TIRED, always")), shingle_hashes("") == set()
     (3, True)
     """
-    words = _WORD.findall(text.casefold())
-    if len(words) < 3:
-        return {hash(tuple(words))} if words else set()
-    return set(map(hash, zip(words, words[1:], words[2:])))
+    tokens = words(text)
+    if len(tokens) < 3:
+        return {hash(tuple(tokens))} if tokens else set()
+    return set(map(hash, zip(tokens, tokens[1:], tokens[2:])))
 
 
 def jaccard(a: set, b: set) -> float:
@@ -118,9 +133,9 @@ class ShingleCounts:
     def _set(self, bits, h) -> None:
         np = self._np
         for pos in self._positions(h, bits.size):
-            np.bitwise_or.at(
-                bits, pos >> np.uint64(3), np.left_shift(np.uint8(1), (pos & np.uint64(7)).astype(np.uint8))
-            )
+            byte, bit = pos >> np.uint64(3), (pos & np.uint64(7)).astype(np.uint8)
+            for k in range(8):  # one bit value at a time: a repeated byte index then sets the same bit
+                bits[byte[bit == k]] |= np.uint8(1 << k)  # (2-3x faster than np.bitwise_or.at)
 
     def _flush(self) -> None:
         np = self._np
@@ -131,7 +146,9 @@ class ShingleCounts:
         # Shared: in two documents of this batch, or in one here and one before.
         self._set(self.twice, h[(n > 1) | self._test(self.once, h)])
         self._set(self.once, h)
-        np.add.at(self.counts, h & np.uint64(self.counts.size - 1), n.astype(np.uint32))
+        self.counts += np.bincount(
+            (h & np.uint64(self.counts.size - 1)).astype(np.intp), weights=n, minlength=self.counts.size
+        ).astype(np.uint32)
 
     def rank(self, hashes):
         """(shared, estimate) per hash of an int64 array: shared is never False for a shingle
@@ -159,7 +176,7 @@ class NearDuplicates:
         keys = [hashlib.blake2b(d.casefold().encode("utf-8", "surrogatepass"), digest_size=16).digest() for d in docs]
         sets = [shingle_hashes(d) for d in docs] if self.counts else []
         if sets:
-            flat = np.fromiter((h for s in sets for h in s), dtype=np.int64, count=sum(map(len, sets)))
+            flat = np.fromiter(itertools.chain.from_iterable(sets), dtype=np.int64, count=sum(map(len, sets)))
             shared, estimate = self.counts.rank(flat)
             ends = np.cumsum([len(s) for s in sets]).tolist()
         verdicts: list[str | None] = []
