@@ -132,6 +132,30 @@ def test_round_without_done_is_redone_cleanly(run, models, tmp_path, monkeypatch
     assert (out / "round_1" / "pairs.jsonl").read_bytes() == round_1
 
 
+def test_a_finished_rerun_loads_no_model_and_keeps_best_in_place(run, models, tmp_path, monkeypatch):
+    import psychocounsel.reward_model
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("the reward model was loaded for rounds that are all done")
+
+    monkeypatch.setattr(psychocounsel.reward_model, "load_reward_model", no_load)
+    monkeypatch.setattr(dpo, "train_dpo", no_load)
+    out = tmp_path / "online"
+    shutil.copytree(run[0], out)
+    rerun = lambda: online.train_online(str(models[0]), models[1], speeches(), out, config(rounds=2))  # noqa: E731
+    expected = {**run[1], "best_policy": str(out / "best")}  # the folder moved: best is copied once more
+    assert rerun() == expected
+    stamp = (out / "best" / "config.json").stat()
+    assert rerun() == expected
+    again = (out / "best" / "config.json").stat()
+    assert (again.st_ino, again.st_mtime_ns) == (stamp.st_ino, stamp.st_mtime_ns)  # not copied again
+    # A copy cut short leaves no summary.json behind it (written after the copy): it is redone.
+    (out / "summary.json").unlink()
+    (out / "best" / "model.safetensors").unlink()
+    assert rerun() == expected
+    assert (out / "best" / "model.safetensors").is_file()
+
+
 def test_a_different_run_in_the_same_folder_is_refused(run, models):
     with pytest.raises(UserError, match="different run.*seed"):
         online.train_online(str(models[0]), models[1], speeches(), run[0], config(rounds=2, seed=1))

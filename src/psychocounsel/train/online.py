@@ -316,15 +316,17 @@ def _check_same_run(out: Path, identity: dict[str, Any]) -> None:
 def _keep_best(metrics: list[dict], policy: str, out: Path) -> dict[str, Any]:
     best = max(metrics, key=lambda m: m["dev_mean_reward"])  # first of equals: the earlier round
     source = Path(best["policy"]).expanduser()
+    copy = best["round"] > 0 or (parse_spec(policy).kind != "default" and source.is_dir())
+    summary = {"rounds": metrics, "best_round": best["round"], "best_policy": str(out / "best") if copy else policy}
+    path = out / "summary.json"
+    if path.is_file() and read_json(path) == summary and (out / "best").is_dir() == copy:
+        return summary  # a rerun of finished rounds: the same best, already in place
+    path.unlink(missing_ok=True)  # written again only after the copy: a copy cut short is redone
     if (out / "best").exists():
         shutil.rmtree(out / "best")  # a longer resumed run may pick another round: no stale files
-    if best["round"] > 0 or (parse_spec(policy).kind != "default" and source.is_dir()):
+    if copy:
         shutil.copytree(source, out / "best", dirs_exist_ok=True)
-        best_policy = str(out / "best")
-    else:
-        best_policy = policy
-    summary = {"rounds": metrics, "best_round": best["round"], "best_policy": best_policy}
-    write_json(out / "summary.json", summary)
+    write_json(path, summary)
     return summary
 
 
@@ -367,7 +369,9 @@ def _train_online(policy: str, reward_model: Path, speeches: list[dict], out: Pa
             ),
         },
     )
-    rm = load_reward_model(reward_model)
+    # Loaded only when a round is to be made: a rerun of finished rounds reads their metrics.
+    done = all((out / f"round_{r}" / "DONE").is_file() for r in range(cfg.rounds + 1))
+    rm = None if done else load_reward_model(reward_model)
     generate = _Generator(engine, cfg)
     try:
         metrics = [_round_zero(policy, rm, dev, out, cfg, generate)]
