@@ -571,7 +571,7 @@ def test_shingle_hashes_are_the_shingles():
         assert len(dedupe_module.shingle_hashes(text)) == len(shingles(text))
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(st.text(st.characters(max_codepoint=127), max_size=40) | st.text(max_size=20))
 def test_words_are_the_regex_words_of_the_casefolded_text(text):
     # ASCII takes a translate-and-split path; it must give exactly what \w+ finds.

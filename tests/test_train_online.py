@@ -142,7 +142,10 @@ def test_a_finished_rerun_loads_no_model_and_keeps_best_in_place(run, models, tm
     monkeypatch.setattr(dpo, "train_dpo", no_load)
     out = tmp_path / "online"
     shutil.copytree(run[0], out)
-    rerun = lambda: online.train_online(str(models[0]), models[1], speeches(), out, config(rounds=2))  # noqa: E731
+
+    def rerun():
+        return online.train_online(str(models[0]), models[1], speeches(), out, config(rounds=2))
+
     expected = {**run[1], "best_policy": str(out / "best")}  # the folder moved: best is copied once more
     assert rerun() == expected
     stamp = (out / "best" / "config.json").stat()
