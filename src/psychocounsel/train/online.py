@@ -282,9 +282,14 @@ def _dpo_interrupted(folder: Path) -> bool:
     )
 
 
+def _finished(out: Path, r: int) -> bool:
+    """Whether round ``r`` (0: the starting policy's dev reward) was completed in ``out``."""
+    return (out / f"round_{r}" / "DONE").is_file()
+
+
 def _round_zero(policy: str, rm, dev: list[dict], out: Path, cfg: OnlineConfig, generate: _Generator) -> dict:
     folder = out / "round_0"
-    if (folder / "DONE").is_file():
+    if _finished(out, 0):
         return read_json(folder / "metrics.json")
     if folder.exists():
         shutil.rmtree(folder)
@@ -370,7 +375,7 @@ def _train_online(policy: str, reward_model: Path, speeches: list[dict], out: Pa
         },
     )
     # Loaded only when a round is to be made: a rerun of finished rounds reads their metrics.
-    done = all((out / f"round_{r}" / "DONE").is_file() for r in range(cfg.rounds + 1))
+    done = all(_finished(out, r) for r in range(cfg.rounds + 1))
     rm = None if done else load_reward_model(reward_model)
     generate = _Generator(engine, cfg)
     try:
@@ -378,7 +383,7 @@ def _train_online(policy: str, reward_model: Path, speeches: list[dict], out: Pa
         current = policy
         for r in range(1, cfg.rounds + 1):
             folder = out / f"round_{r}"
-            if (folder / "DONE").is_file():
+            if _finished(out, r):
                 metrics.append(read_json(folder / "metrics.json"))
                 log.info("online round %d: done before, skipped", r)
             else:
