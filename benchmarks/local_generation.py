@@ -154,7 +154,7 @@ def main() -> int:
     reqs = requests(args.max_tokens)[: args.prompts]
     prompt_lens = [len(batched.prompt_ids(r.messages)) for r in reqs]
     few = spread(prompt_lens, args.single)
-    batched.complete(reqs[:2])  # warm-up: first-call allocations and lazy imports
+    batched.complete(requests(8)[:2])  # warm-up: first-call allocations and lazy imports (8 tokens do)
 
     runs, texts = [], {}
     unsorted_run = None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import csv
+import dataclasses
 import doctest
 import json
 import logging
@@ -23,6 +24,7 @@ from psychocounsel.config import IngestConfig
 from psychocounsel.dedupe import dedupe, jaccard, shingles
 from psychocounsel.errors import UserError
 from psychocounsel.ingest import run
+from psychocounsel.records import Speech
 from psychocounsel.store import RunDir, read_jsonl
 
 COUNSEL_CHAT = Path(__file__).resolve().parents[1].parent / "shared/data/counsel-chat/20200325_counsel_chat.csv"
@@ -401,6 +403,21 @@ def test_reused_ids_are_made_unique(tmp_path):
     assert [r["id"] for r in rows] == ["5", "5-2", "5-3"] and stats["ids_made_unique"] == 2
 
 
+def test_each_line_written_is_the_json_of_its_row(tmp_path):
+    # A kept row is copied from the spool as it was dumped there, a renamed one is dumped anew:
+    # either way one json.dumps(row, ensure_ascii=False) a line, the keys in Speech's order.
+    texts = ["Je suis épuisé, vraiment épuisé ce soir", "I can't sleep \u2014 again \U0001f614", "日本語で話します"]
+    path = tmp_path / "data.jsonl"
+    path.write_text(
+        "\n".join(json.dumps({"id": "a", "text": t, "ctx": '[{"role": "client", "content": "ça"}]'}) for t in texts)
+    )
+    stats, rows = ingest_file(path, tmp_path, id_column="id", context_column="ctx")
+    assert [r["id"] for r in rows] == ["a", "a-2", "a-3"] and rows[0]["context"][0]["content"] == "ça"
+    assert list(rows[0]) == [f.name for f in dataclasses.fields(Speech)]
+    written = (tmp_path / "out/speeches.jsonl").read_text(encoding="utf-8")
+    assert written == "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+
+
 # ---------------------------------------------------------------- user errors
 
 
@@ -646,9 +663,13 @@ def test_a_failed_ingest_leaves_the_run_folder_as_it_was(tmp_path):
 
 
 @settings(max_examples=500, deadline=None)
-@given(st.text(alphabet=st.characters(max_codepoint=127), max_size=60))
+@given(
+    st.text(alphabet=st.characters(max_codepoint=127), max_size=60)
+    | st.text(alphabet=" \t\n\r\x0b\x0c\x1c\x1fa.", max_size=30)  # ASCII's spaces and breaks, dense
+)
 def test_ascii_fast_path_is_the_unicode_path(text):
     assert cleaning._ascii_visible(text) == cleaning._unicode_visible(text)
+    assert cleaning._visible_single_spaced(text) == cleaning._SPACES.sub(" ", cleaning._unicode_visible(text))
 
 
 def test_invisible_characters_are_every_cc_and_cf_but_newline_and_tab():

@@ -51,8 +51,21 @@ def _unicode_visible(text: str) -> str:
 
 def _ascii_visible(text: str) -> str:
     """``_unicode_visible`` for ASCII text (tested equal): NFKC leaves ASCII as it is, and ASCII's
-    invisible characters are its few controls, so one small pass does, about 4x faster."""
-    return _ASCII_INVISIBLE.sub("", LINE_BREAKS.sub("\n", text))
+    invisible characters are its few controls, so one small pass does, about 4x faster. The
+    line-break pass runs only when there is one to replace (its alternation costs ~14 us a speech)."""
+    if "\r" in text or "\x0b" in text or "\x0c" in text:
+        text = LINE_BREAKS.sub("\n", text)
+    return _ASCII_INVISIBLE.sub("", text)
+
+
+def _visible_single_spaced(text: str) -> str:
+    """``_SPACES.sub(" ", _unicode_visible(text))``, faster for ASCII text (tested equal)."""
+    if not text.isascii():
+        return _SPACES.sub(" ", _unicode_visible(text))
+    text = _ascii_visible(text)
+    # The only spaces ASCII has left now are " ", "\t" and "\n": without a tab or a double space
+    # _SPACES matches nothing, and its scan was most of normalise_text's time (37 of 57 us).
+    return _SPACES.sub(" ", text) if "\t" in text or "  " in text else text
 
 
 def normalise_text(text: str) -> str:
@@ -65,8 +78,7 @@ def normalise_text(text: str) -> str:
     >>> normalise_text(" \\n \\t ")
     ''
     """
-    text = _ascii_visible(text) if text.isascii() else _unicode_visible(text)  # most speeches are ASCII
-    text = _SPACES.sub(" ", text)
+    text = _visible_single_spaced(text)
     text = "\n".join(line.strip() for line in text.split("\n"))
     if "\n\n\n" in text:
         text = _BLANK_RUNS.sub("\n\n", text)

@@ -391,18 +391,21 @@ def _write(spool: Path, out: JsonlWriter, cfg: IngestConfig, judge: NearDuplicat
     used: set[str] = set()
     over_limit = renamed = 0
     with open(spool, encoding="utf-8") as f:
-        while batch := [json.loads(line) for line in itertools.islice(f, BATCH)]:
-            for speech, verdict in zip(batch, judge.judge([_doc(s) for s in batch])):
+        while lines := list(itertools.islice(f, BATCH)):
+            batch = [json.loads(line) for line in lines]
+            for line, speech, verdict in zip(lines, batch, judge.judge([_doc(s) for s in batch])):
                 if verdict:
                     dropped[verdict] += 1
                 elif cfg.limit and len(used) >= cfg.limit:
                     over_limit += 1
                 else:
                     sid = _unique_id(speech["id"], used)
-                    renamed += sid != speech["id"]
-                    speech["id"] = sid
                     used.add(sid)
-                    out.write(speech)
+                    if sid == speech["id"]:
+                        out.write_line(line)  # the spooled JSON as it is: the same dumps of the same dict
+                    else:
+                        renamed += 1
+                        out.write(speech | {"id": sid})
     return {"ids": used, "over_limit": over_limit, "renamed": renamed}
 
 

@@ -283,7 +283,11 @@ class JsonlWriter:
         return self
 
     def write(self, row: dict[str, Any]) -> None:
-        self._file.write(json.dumps(row, ensure_ascii=False) + "\n")
+        self.write_line(json.dumps(row, ensure_ascii=False) + "\n")
+
+    def write_line(self, line: str) -> None:
+        """One row already serialised as ``write`` would (one line of JSON, ending in a newline)."""
+        self._file.write(line)
         self.rows += 1
 
     def __exit__(self, exc_type, exc, tb) -> None:
