@@ -181,9 +181,14 @@ print(ingest.run(cfg, RunDir(sys.argv[2]))["items_out"])
 """
 
 
-def measure(cmd: list[str]) -> dict:
-    """Wall seconds and peak RSS (MB) of one fresh process running ``cmd``."""
-    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+def omp_threads(threads: str | None = None) -> str:
+    """The torch threads a stage process gets: ``threads``, else this process's OMP_NUM_THREADS, else 1."""
+    return threads or os.environ.get("OMP_NUM_THREADS", "1")
+
+
+def measure(cmd: list[str], threads: str | None = None) -> dict:
+    """Wall seconds and peak RSS (MB) of one fresh process running ``cmd`` (``omp_threads(threads)``)."""
+    env = {**os.environ, "OMP_NUM_THREADS": omp_threads(threads)}
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     out, err = proc.stdout.read(), proc.stderr.read()
@@ -230,14 +235,14 @@ def bench_ingest(tmp: Path, sizes: list[int], made_elsewhere: tuple[int, ...] = 
     return rows
 
 
-def bench_screen(tmp: Path, n: int, threads: str) -> dict:
+def bench_screen(tmp: Path, n: int, threads: str | None = None) -> dict:
     """``psychocounsel ingest`` as users run it (ingest + crisis screen) against ingest alone."""
     data = tmp / "screen.csv"
     write_csv(data, n, seed=1)
-    os.environ["OMP_NUM_THREADS"] = threads  # measure() passes it on
-    alone = measure([sys.executable, "-c", INGEST, str(data), str(tmp / "alone")])
+    alone = measure([sys.executable, "-c", INGEST, str(data), str(tmp / "alone")], threads)
     cli = measure(
-        [str(BIN / "psychocounsel"), "ingest", str(data), "--run-dir", str(tmp / "cli"), "--topic-column", "topic"]
+        [str(BIN / "psychocounsel"), "ingest", str(data), "--run-dir", str(tmp / "cli"), "--topic-column", "topic"],
+        threads,
     )
     speeches = int(alone["stdout"])
     per = (cli["seconds"] - alone["seconds"]) / speeches
@@ -245,7 +250,7 @@ def bench_screen(tmp: Path, n: int, threads: str) -> dict:
     return {
         "rows": n,
         "speeches": speeches,
-        "torch_threads": int(threads),
+        "torch_threads": int(omp_threads(threads)),
         "cli_seconds": cli["seconds"],
         "cli_peak_mb": cli["peak_mb"],
         "ingest_only_seconds": alone["seconds"],
@@ -351,8 +356,7 @@ def main() -> None:
         else:
             ingest_rows = bench_ingest(tmp, sizes)
             pairs_rows = bench_pairs(tmp, sizes)
-            threads = os.environ.get("OMP_NUM_THREADS", "1")
-            screen = bench_screen(tmp, args.screen_rows, threads) if args.screen_rows else None
+            screen = bench_screen(tmp, args.screen_rows) if args.screen_rows else None
     peak = max(r["peak_mb"] for r in ingest_rows + pairs_rows)
     linear = {"ingest": ratio(ingest_rows, "rows"), "pairs": ratio(pairs_rows, "ratings")}
     met = peak <= PEAK_BOUND_MB and all(v is None or v <= LINEAR_BOUND for v in linear.values())
