@@ -74,7 +74,7 @@ bench: dev
 	OMP_NUM_THREADS=2 $(BIN)/python benchmarks/cached_rerun.py --out benchmarks/results/cached_rerun.json
 	OMP_NUM_THREADS=2 $(BIN)/python benchmarks/local_generation.py --repeats 2 --no-unsorted --out benchmarks/results/local_generation.json
 	OMP_NUM_THREADS=2 $(BIN)/python benchmarks/train_overhead.py --out benchmarks/results/train_overhead.json
-	OMP_NUM_THREADS=2 $(BIN)/python benchmarks/scale.py --sizes 10000,100000,1000000 --screen-rows 200 --jobs 2
+	OMP_NUM_THREADS=2 $(BIN)/python benchmarks/scale.py --sizes 10000,100000,1000000 --screen-rows 100 --jobs 2
 
 # The quickstart as a new user meets it: a fresh clone of HEAD, a new venv, an empty model cache,
 # make quickstart timed per stage, then a cached rerun (benchmarks/results/quickstart.json). As long

@@ -16,8 +16,10 @@ Two ways of calling the judge are timed at each C:
 - ``rate_stage_chunks``: ``judge.rate`` per chunk of ``rate.chunk_size(concurrency)`` responses, as the rate stage
   calls it (each chunk is appended to ratings.jsonl before the next starts).
 
-Each measurement rates ``waves`` x C responses (at least ``min_items``), so every C runs about the
-same number of 200 ms waves; ``client_cpu_ms_per_rating`` is this process's CPU time per rating.
+Each measurement rates ``waves`` x C responses (at least ``min_items``, at most ``max_items``), so
+every C up to 64 runs the same number of 200 ms waves (C = 128, bound by the client's CPU at 2
+cores, 4 waves: its 1,024 ratings took 12 s a run); ``client_cpu_ms_per_rating`` is this process's
+CPU time per rating.
 Every C whose one-batch share is under the goal is profiled once more (cProfile, 4 x C ratings)
 and its top functions written into ``details.profile``.
 """
@@ -183,7 +185,7 @@ def measure(url: str, args) -> dict:
     out = {}
     for c in CONCURRENCIES:
         modes = {"one_batch": None, "rate_stage_chunks": chunk_size(c)}
-        n = max(args.waves * c, args.min_items)
+        n = min(max(args.waves * c, args.min_items), args.max_items)
         todo = items(n)
         ideal = c / LATENCY_S
         for mode, chunk in modes.items():
@@ -221,6 +223,7 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--waves", type=int, default=8, help="ratings per measurement = waves x concurrency")
     ap.add_argument("--min-items", type=int, default=16)
+    ap.add_argument("--max-items", type=int, default=512)
     ap.add_argument("--serve", help=argparse.SUPPRESS)  # internal: run as the fake server
     args = ap.parse_args()
     if args.serve is not None:
@@ -258,6 +261,7 @@ def main() -> int:
                 "concurrencies": list(CONCURRENCIES),
                 "waves": args.waves,
                 "min_items": args.min_items,
+                "max_items": args.max_items,
                 "rate_stage_chunk": {c: chunk_size(c) for c in CONCURRENCIES},
             },
             "repeats": args.repeats,

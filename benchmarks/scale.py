@@ -23,7 +23,6 @@ benchmarks/results/scale.json and docs/scale.png.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import random
@@ -100,7 +99,17 @@ class Words:
             for e in (0, 1):
                 mask = (start == s) & (end == e)
                 tokens[mask] = self.forms[s][e][words[mask]]
-        return [" ".join(tokens[a:b]) for a, b in zip([0, *bounds[:-1].tolist()], bounds.tolist())]
+        tokens[bounds - 1] += "\x1e"  # ends each text: one join and one split make them all (~2x faster)
+        texts = " ".join(tokens.tolist()).split("\x1e ")
+        texts[-1] = texts[-1][:-1]
+        return texts
+
+
+def _csv_field(text: str) -> str:
+    """``text`` as csv.writer's default dialect writes a field (quoted only where it must be), ~2x faster."""
+    if '"' in text:
+        return '"' + text.replace('"', '""') + '"'
+    return f'"{text}"' if "," in text or "\n" in text or "\r" in text else text
 
 
 def write_csv(path: Path, rows: int, seed: int = 0) -> None:
@@ -108,11 +117,11 @@ def write_csv(path: Path, rows: int, seed: int = 0) -> None:
     words, rng = Words(seed), random.Random(seed + 1)
     recent: list[str] = []  # the last 2,000 texts: duplicates come from here (bounded memory)
     with open(path, "w", newline="", encoding="utf-8") as f:
-        out = csv.writer(f)
-        out.writerow(["id", "text", "topic"])
+        f.write("id,text,topic\r\n")
         for start in range(0, rows, BATCH):
             n = min(BATCH, rows - start)
             fresh = words.texts([rng.randint(50, 150) if rng.random() > 0.01 else 400 for _ in range(n)])
+            batch = []
             for i, text in enumerate(fresh, start):
                 roll = rng.random()
                 if roll < 0.03 and recent:
@@ -134,7 +143,8 @@ def write_csv(path: Path, rows: int, seed: int = 0) -> None:
                 recent.append(text)
                 if len(recent) > 2000:
                     recent.pop(0)
-                out.writerow([f"q{i}", text, rng.choice(["anxiety", "depression", "family", ""])])
+                batch.append(f"q{i},{_csv_field(text)},{rng.choice(['anxiety', 'depression', 'family', ''])}\r\n")
+            f.write("".join(batch))
 
 
 def write_run(root: Path, responses: int, seed: int = 0) -> None:
@@ -343,8 +353,8 @@ def main() -> None:
         if args.jobs == 2:
             # Two workers, one process on each core at a time, tasks taken in this order: one
             # writes the largest CSV while the other starts the ingest series (which waits for
-            # it), then runs the pairs series, then the screen (one torch thread: the ingest
-            # series still runs on the other core). The ingest series is the longest.
+            # it), then runs the pairs series; the screen (one torch thread, as the other core
+            # is still busy) goes to whichever finishes first. The two series take about as long.
             big = sizes[-1]
             with ProcessPoolExecutor(2) as pool:
                 pool.submit(write_csv_whole, tmp / f"speeches_{big}.csv", big)

@@ -550,6 +550,7 @@ def test_streamed_input_bigger_than_a_batch_gives_what_one_batch_gives(tmp_path,
     monkeypatch.setattr(ingest, "BATCH", 7)  # 58 batches of rows judged, 58 Parquet batches read
     streamed = ingest_file(path, tmp_path / "streamed", **kw)
     assert (tmp_path / "streamed/out/speeches.jsonl").read_bytes() == whole_bytes
+    assert [p.name for p in (tmp_path / "streamed/out").iterdir()] == ["speeches.jsonl"]  # spools removed
     stats = whole[0]
     assert {**streamed[0], "log": None} == {**stats, "log": None}  # the log names the run folder
     assert min(stats["dropped"][k] for k in ("too_short", "exact_duplicate", "near_duplicate")) >= 5

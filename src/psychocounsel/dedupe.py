@@ -170,29 +170,36 @@ class NearDuplicates:
         self.index: dict[int, list[int]] = defaultdict(list)  # shingle hash -> indexed docs
         self.sets: list[array] = []  # shingle hashes of each indexed doc
 
-    def judge(self, docs: list[str]) -> list[str | None]:
-        """For each doc of a batch, in order: None (keep), "exact_duplicate" or "near_duplicate"."""
-        np = self.counts._np if self.counts else None
+    def judge(self, docs: list[str], shingled: tuple | None = None) -> list[str | None]:
+        """For each doc of a batch, in order: None (keep), "exact_duplicate" or "near_duplicate".
+
+        ``shingled``: the docs' ``shingle_hashes`` if already known, as (an int64 array of them
+        all, doc after doc; the end of each doc's run in it), so they are not computed twice."""
         keys = [hashlib.blake2b(d.casefold().encode("utf-8", "surrogatepass"), digest_size=16).digest() for d in docs]
-        sets = [shingle_hashes(d) for d in docs] if self.counts else []
-        if sets:
-            flat = np.fromiter(itertools.chain.from_iterable(sets), dtype=np.int64, count=sum(map(len, sets)))
+        if self.counts:
+            np = self.counts._np
+            if shingled is None:
+                sets = [shingle_hashes(d) for d in docs]
+                flat = np.fromiter(itertools.chain.from_iterable(sets), dtype=np.int64, count=sum(map(len, sets)))
+                ends = np.cumsum([len(s) for s in sets]).tolist()
+            else:
+                flat, ends = shingled
             shared, estimate = self.counts.rank(flat)
-            ends = np.cumsum([len(s) for s in sets]).tolist()
         verdicts: list[str | None] = []
         for i, key in enumerate(keys):
             if key in self.seen:
                 verdicts.append("exact_duplicate")
                 continue
             self.seen.add(key)
-            if sets and sets[i]:
-                start, end = (ends[i - 1] if i else 0), ends[i]
+            start, end = (ends[i - 1] if i else 0, ends[i]) if self.counts else (0, 0)
+            if end > start:
                 prefix = self._prefix(flat[start:end], shared[start:end], estimate[start:end])
-                if prefix and self._has_near(sets[i], prefix):
-                    verdicts.append("near_duplicate")
-                    continue
-                if prefix:
-                    self.sets.append(array("q", sets[i]))
+                if prefix:  # shares shingles with other docs: compare, and index it if kept
+                    doc = flat[start:end].tolist()
+                    if self._has_near(set(doc), prefix):
+                        verdicts.append("near_duplicate")
+                        continue
+                    self.sets.append(array("q", doc))
                     for h in prefix:
                         self.index[h].append(len(self.sets) - 1)
             verdicts.append(None)

@@ -4,9 +4,10 @@ Reads CSV, JSONL, JSON, Parquet or plain text, normalises each speech, optionall
 drops empty / too short / too long / duplicate speeches (first occurrence wins) and writes one
 Speech per line. Logs carry counts and ids only, never speech text.
 
-CSV, JSONL and Parquet are streamed: pass 1 filters rows onto a spool file in the run folder
-and counts shingles, pass 2 judges duplicates and writes; memory holds hashes, not text
-(1M rows: benchmarks/scale.py, docs/benchmarks.md).
+CSV, JSONL and Parquet are streamed: pass 1 filters rows onto a spool file in the run folder,
+counts shingles and spools each speech's shingle hashes beside it (8 bytes a word, so pass 2
+does not compute them again), pass 2 judges duplicates and writes; memory holds hashes, not
+text (1M rows: benchmarks/scale.py, docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import math
 import os
 import re
 import tempfile
+from array import array
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -355,12 +357,15 @@ def _doc(speech: dict) -> str:
     return "\n".join([t["content"] for t in speech["context"]] + [speech["text"]])
 
 
-def _filter(source: Source, cfg: IngestConfig, spool, counts: ShingleCounts | None) -> dict[str, Any]:
+def _filter(source: Source, cfg: IngestConfig, spool, counts: ShingleCounts | None, shingled=None) -> dict[str, Any]:
     """Pass 1: every row of ``source`` to a Speech on ``spool`` (one JSON line each) or a drop
-    reason, and the duplicate pass's shingle counts. Raises the file's first problem (see
-    ``Source``), then a missing column, then the first bad row, as reading it whole did."""
+    reason, and the duplicate pass's shingle counts; with ``counts``, each spooled speech's
+    shingle hashes to the binary file ``shingled`` (int64s) and their number to "sizes". Raises
+    the file's first problem (see ``Source``), then a missing column, then the first bad row, as
+    reading it whole did."""
     path, text_col = source.path, "text" if source.fmt == "txt" else cfg.text_column  # .txt: one column
     dropped = dict.fromkeys(DROP_REASONS, 0)
+    sizes = array("I")
     n, bad_row = 0, None
     for n, row in enumerate(source, start=1):
         if bad_row or (source.columns is not None and _missing(source.columns, cfg, text_col)):
@@ -376,24 +381,35 @@ def _filter(source: Source, cfg: IngestConfig, spool, counts: ShingleCounts | No
         speech = result.to_dict()
         spool.write(json.dumps(speech, ensure_ascii=False) + "\n")
         if counts is not None:
-            counts.add(shingle_hashes(_doc(speech)))
+            hashes = array("q", shingle_hashes(_doc(speech)))
+            counts.add(hashes)
+            sizes.append(len(hashes))
+            hashes.tofile(shingled)
     if not n:
         raise UserError(f"{path} has no records")
     _require_columns(path, source.columns or [], cfg, text_col)
     if bad_row:
         raise bad_row from None
-    return {"items_in": n, "dropped": dropped}
+    return {"items_in": n, "dropped": dropped, "sizes": sizes if counts is not None else None}
 
 
-def _write(spool: Path, out: JsonlWriter, cfg: IngestConfig, judge: NearDuplicates, dropped: dict) -> dict[str, Any]:
+def _write(spool: Path, out: JsonlWriter, cfg: IngestConfig, judge: NearDuplicates, read: dict) -> dict[str, Any]:
     """Pass 2: the spooled speeches in order, less duplicates and those over ``cfg.limit``, with
-    unique ids, to ``out``."""
+    unique ids, to ``out``; their shingle hashes, if pass 1 spooled them (``read["sizes"]``),
+    from the file beside ``spool`` (``_shingled``)."""
+    import numpy as np
+
     used: set[str] = set()
-    over_limit = renamed = 0
-    with open(spool, encoding="utf-8") as f:
+    over_limit = renamed = done = 0
+    dropped, sizes = read["dropped"], read["sizes"]
+    with open(spool, encoding="utf-8") as f, open(_shingled(spool), "rb") as hashes:
         while lines := list(itertools.islice(f, BATCH)):
-            batch = [json.loads(line) for line in lines]
-            for line, speech, verdict in zip(lines, batch, judge.judge([_doc(s) for s in batch])):
+            batch, shingled = [json.loads(line) for line in lines], None
+            if sizes is not None:
+                ends = list(itertools.accumulate(sizes[done : done + len(lines)]))
+                done += len(lines)
+                shingled = np.frombuffer(hashes.read(8 * ends[-1]), dtype=np.int64), ends
+            for line, speech, verdict in zip(lines, batch, judge.judge([_doc(s) for s in batch], shingled)):
                 if verdict:
                     dropped[verdict] += 1
                 elif cfg.limit and len(used) >= cfg.limit:
@@ -407,6 +423,11 @@ def _write(spool: Path, out: JsonlWriter, cfg: IngestConfig, judge: NearDuplicat
                         renamed += 1
                         out.write(speech | {"id": sid})
     return {"ids": used, "over_limit": over_limit, "renamed": renamed}
+
+
+def _shingled(spool: Path) -> Path:
+    """Where pass 1 spools the shingle hashes of the speeches it spools to ``spool``."""
+    return spool.with_suffix(".shingles")
 
 
 def run(cfg: IngestConfig, rundir: RunDir, force: bool = False) -> dict:
@@ -423,15 +444,17 @@ def run(cfg: IngestConfig, rundir: RunDir, force: bool = False) -> dict:
     near = cfg.near_duplicate_threshold < 1.0
     counts = ShingleCounts(path.stat().st_size // 6) if near else None  # ~6 bytes a word
     fd, spool = tempfile.mkstemp(prefix=".ingest-", suffix=".spool", dir=rundir.root)
+    spool = Path(spool)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            read = _filter(source, cfg, f, counts)
+        with os.fdopen(fd, "w", encoding="utf-8") as f, open(_shingled(spool), "wb") as shingled:
+            read = _filter(source, cfg, f, counts, shingled)
         dropped = read["dropped"]
         with JsonlWriter(rundir.speeches) as out:
-            kept = _write(Path(spool), out, cfg, NearDuplicates(cfg.near_duplicate_threshold, counts), dropped)
+            kept = _write(spool, out, cfg, NearDuplicates(cfg.near_duplicate_threshold, counts), read)
             _check_replace(rundir, kept["ids"], dropped, force)
     finally:
-        os.unlink(spool)
+        spool.unlink()
+        _shingled(spool).unlink(missing_ok=True)
     log = logging.getLogger(__name__).info
 
     log(f"ingest: read {read['items_in']} records from {path.name} ({fmt})")
