@@ -15,8 +15,8 @@ benchmarks/results/scale.json and docs/scale.png.
 - pairs: a run directory as rate leaves it: 4 responses of 40-120 words per speech, a rating
   of each on the 7 principles (1% failed), run.json naming the judge; ``psychocounsel pairs``.
 
-    python benchmarks/scale.py                       # 10k, 100k, 1M rows; ~12 min on 2 AVX2 cores
-    python benchmarks/scale.py --jobs 2              # two processes at a time: ~7 min (make bench)
+    python benchmarks/scale.py                       # 10k, 100k, 1M rows, one process at a time (~1.6x --jobs 2)
+    python benchmarks/scale.py --jobs 2              # two at a time (make bench): ~6 min on 2 AVX2 cores, 2.5 AVX-512
     python benchmarks/scale.py --sizes 2000,20000    # a quick look
 """
 
