@@ -247,6 +247,25 @@ def test_train_judge_end_to_end_on_tiny_data(tmp_path):
     assert all(1 <= v <= 5 for v in ratings[0].scores.values())
 
 
+def test_held_out_pairs_do_not_move_with_training_settings(tmp_path):
+    """dev and test pairs are drawn apart from the training pairs: more EPITOME training pairs
+    (which use up the training generator) leave them as they were."""
+    from psychocounsel.judge.rater_data import build_data
+
+    data = _tiny_data(tmp_path / "data")
+
+    def held_out(n: int) -> dict:
+        table, built = build_data(TrainJudgeConfig(data=data, epitome_pairs=n, reddit_posts=10))
+        text = table.rows
+        return {
+            split: sorted((p["source"], text[p["better"]], text[p["worse"]]) for p in built["eval_pairs"][split])
+            for split in ("dev", "test")
+        }
+
+    few, many = held_out(20), held_out(200)
+    assert few == many and few["test"]
+
+
 def test_train_judge_takes_counselors_annotations(tmp_path):
     """`annotate import`'s file joins training (its train part) and is measured (dev, test)."""
     from psychocounsel.judge.rater_data import Table, annotation_pairs

@@ -469,7 +469,13 @@ class TrainJudgeConfig(_Strict):
     seed: int = Field(0, description="seed of the split, the pair sampling and the heads")
     reddit_posts: int = Field(1500, ge=0, description="Reddit support-forum posts used as contrastive speeches")
     epitome_pairs: int = Field(
-        4000, ge=0, description="EPITOME training pairs for exploration (twice as many for empathy)"
+        8000, ge=0, description="EPITOME training pairs for exploration (twice as many for empathy)"
+    )
+    robust_share: Finite = Field(
+        2 / 3,
+        ge=0,
+        le=1,
+        description="share of EPITOME training pairs drawn so that the better reply is not the longer (chosen on dev)",
     )
     steps: int = Field(400, ge=1, description="full-batch optimiser steps")
     lr: Finite = Field(0.01, gt=0, description="Adam learning rate")

@@ -110,9 +110,10 @@ def _pair(better: int, worse: int, heads: list[str], overall: bool, source: str,
     return {"better": better, "worse": worse, "heads": heads, "overall": overall, "source": source, "w": weight}
 
 
-def epitome_pairs(rows: list[dict], table: Table, n: int, rng: random.Random) -> list[dict]:
-    """Pairs of replies with different levels, half of them drawn so that the better reply is no
-    longer than the worse (level, not length, separates them): ``2 n`` for ``empathy`` by the sum
+def epitome_pairs(rows: list[dict], table: Table, n: int, rng: random.Random, robust: float = 0.5) -> list[dict]:
+    """Pairs of replies with different levels, a share ``robust`` of them (spread evenly) drawn so
+    that the better reply is no longer than the worse (level, not length, separates them), as far
+    as 20 redraws find one: ``2 n`` for ``empathy`` by the sum
     of the emotional-reaction and interpretation levels (one head serves both mechanisms: trained
     on either alone it ranks the other below chance), ``n`` for ``exploration``."""
     idx = [table.add(r["speech"], r["reply"]) for r in rows]
@@ -134,7 +135,7 @@ def epitome_pairs(rows: list[dict], table: Table, n: int, rng: random.Random) ->
             a = rng.choice(by_level[hi])
             lo = rng.choice([v for v in levels if v < hi])
             b = rng.choice(by_level[lo])
-            if k % 2:  # length-robust: redraw the worse reply until it is at least as long
+            if int((k + 1) * robust) > int(k * robust):  # length-robust: redraw until the worse is as long
                 for _ in range(20):
                     if lengths[b] >= lengths[a]:
                         break
@@ -215,12 +216,17 @@ def build_data(cfg: TrainJudgeConfig) -> tuple[Table, dict]:
     speeches = [{"id": q["speech_id"], "text": q["speech"], "crisis": False} for q in questions] + posts
     train_pairs: list[dict] = []
     eval_pairs: dict[str, list[dict]] = {"train": [], "dev": [], "test": []}
-    train_pairs += epitome_pairs([r for r in epitome if r["split"] == "train"], table, cfg.epitome_pairs, rng)
+    train_pairs += epitome_pairs(
+        [r for r in epitome if r["split"] == "train"], table, cfg.epitome_pairs, rng, cfg.robust_share
+    )
     train_pairs += counselchat_pairs([q for q in questions if q["split"] == "train"], table, rng)
-    for split in ("dev", "test"):
+    for split in ("dev", "test"):  # drawn with a generator of their own: training settings cannot move them
         part = [q for q in questions if q["split"] == split]
+        eval_rng = random.Random(f"rater-eval-{cfg.seed}-{split}")
         eval_pairs[split] += _all_pairs_upvotes(part, table)
-        eval_pairs[split] += [p for p in counselchat_pairs(part, table, rng) if p["source"] == "counselchat-relevance"]
+        eval_pairs[split] += [
+            p for p in counselchat_pairs(part, table, eval_rng) if p["source"] == "counselchat-relevance"
+        ]
     contrast_rows = []
     for split in ("train", "dev", "test"):
         part = [s for s in speeches if split_of(s["id"], cfg.seed) == split]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -53,7 +54,7 @@ def embed_table(table: Table, cache: Path | None) -> np.ndarray:
         if cache:
             cache.parent.mkdir(parents=True, exist_ok=True)
             order = sorted(stored)
-            tmp = cache.with_name(cache.name + ".tmp.npz")
+            tmp = cache.with_name(f"{cache.name}.{os.getpid()}.tmp.npz")  # two trainings may share a cache
             np.savez(tmp, keys=np.array(order), x=np.stack([stored[k] for k in order]))
             tmp.replace(cache)
     return np.stack([stored[k] for k in keys]) if keys else np.zeros((0, FEATURES), np.float32)
