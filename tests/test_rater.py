@@ -58,7 +58,7 @@ def test_shipped_weights_carry_their_test_numbers_and_beat_longer_wins_on_human_
     for name in ("epitome-emotional-reactions", "epitome-interpretations", "epitome-explorations", "contrastive"):
         rep = meta["test"][name]
         assert rep["beats_longer_wins"] and rep["accuracy_ci"][0] > rep["longer_wins"], name
-        assert rep["length_robust"]["accuracy"] > 0.6, name
+        assert rep["length_robust"]["accuracy"] >= 0.7, name  # issue 10: >= 0.70 where the better is not longer
 
 
 def test_rater_scores_every_principle_in_range_and_fails_empty_replies(rater):
