@@ -256,9 +256,9 @@ def test_held_out_pairs_do_not_move_with_training_settings(tmp_path):
 
     def held_out(n: int) -> dict:
         table, built = build_data(TrainJudgeConfig(data=data, epitome_pairs=n, reddit_posts=10))
-        text = table.rows
+        rows = table.rows
         return {
-            split: sorted((p["source"], text[p["better"]], text[p["worse"]]) for p in built["eval_pairs"][split])
+            split: sorted((p["source"], rows[p["better"]], rows[p["worse"]]) for p in built["eval_pairs"][split])
             for split in ("dev", "test")
         }
 

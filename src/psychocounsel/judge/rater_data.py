@@ -110,12 +110,12 @@ def _pair(better: int, worse: int, heads: list[str], overall: bool, source: str,
     return {"better": better, "worse": worse, "heads": heads, "overall": overall, "source": source, "w": weight}
 
 
-def epitome_pairs(rows: list[dict], table: Table, n: int, rng: random.Random, robust: float = 0.5) -> list[dict]:
+def epitome_pairs(rows: list[dict], table: Table, n: int, rng: random.Random, robust: float) -> list[dict]:
     """Pairs of replies with different levels, a share ``robust`` of them (spread evenly) drawn so
     that the better reply is no longer than the worse (level, not length, separates them), as far
-    as 20 redraws find one: ``2 n`` for ``empathy`` by the sum
-    of the emotional-reaction and interpretation levels (one head serves both mechanisms: trained
-    on either alone it ranks the other below chance), ``n`` for ``exploration``."""
+    as 20 redraws find one: ``2 n`` for ``empathy`` by the sum of the emotional-reaction and
+    interpretation levels (one head serves both mechanisms: trained on either alone it ranks the
+    other below chance), ``n`` for ``exploration``."""
     idx = [table.add(r["speech"], r["reply"]) for r in rows]
     lengths = [len(r["reply"]) for r in rows]
     out = []
