@@ -106,23 +106,24 @@ def mentalchat(path: Path) -> dict:
 def counselchat(path: Path) -> dict:
     with path.open(encoding="utf-8", newline="") as f:
         rows = list(csv.DictReader(f))
-    questions: dict[str, dict] = {}
-    answers: dict[str, list[str]] = defaultdict(list)
+    # Keyed by id and text: the export reuses some questionIDs for two different questions.
+    questions: dict[tuple[str, str], dict] = {}
+    answers: dict[tuple[str, str], list[str]] = defaultdict(list)
     for r in rows:
-        questions.setdefault(r["questionID"], r)
-        answers[r["questionID"]].append(r["answerText"] or "")
+        questions.setdefault((r["questionID"], r["questionText"]), r)
+        answers[r["questionID"], r["questionText"]].append(r["answerText"] or "")
     ids = sorted(questions)
     res = screen([f"{questions[i]['questionTitle']}\n{questions[i]['questionText']}" for i in ids])
     by_topic: dict[str, Counter] = defaultdict(Counter)
     for i, a in zip(ids, res):
         by_topic[questions[i]["topic"]][a.level] += 1
-    crisis_ids = [i for i, a in zip(ids, res) if a.level == "crisis"]
+    crisis_ids = [i for i, a in zip(ids, res) if a.level == "crisis"]  # (id, text); only ids are written
     handled = [handles_crisis(ans) for i in crisis_ids for ans in answers[i]]
     return {
         "n_questions": len(ids),
         "levels": dict(Counter(a.level for a in res)),
         "levels_by_topic": {t: dict(c) for t, c in sorted(by_topic.items())},
-        "crisis_question_ids": crisis_ids,
+        "crisis_question_ids": [i for i, _ in crisis_ids],
         "answers_to_crisis_questions": len(handled),
         "answers_that_handle_crisis": sum(handled),
         "answers_that_handle_crisis_share": round(sum(handled) / len(handled), 4) if handled else None,

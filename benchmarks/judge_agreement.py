@@ -188,8 +188,9 @@ def load_counselchat(
     n: int | None, seed: int, split: str = "test"
 ) -> tuple[list[tuple[str, str]], list[tuple[int, int]]]:
     """Unique (question, answer) items, and (preferred, other) index pairs between answers to the
-    same question with different upvotes. Each answer is rated once, however many pairs it is in."""
-    by_q: dict[str, list[dict]] = defaultdict(list)
+    same question with different upvotes. Each answer is rated once, however many pairs it is in.
+    Answers are grouped by question id *and* text: the export reuses some ids for two questions."""
+    by_q: dict[tuple[str, str], list[dict]] = defaultdict(list)
     with open(DATA / "counsel-chat" / "20200325_counsel_chat.csv", encoding="utf-8", newline="") as f:
         for r in csv.DictReader(f):
             if (
@@ -197,7 +198,7 @@ def load_counselchat(
                 and r["answerText"].strip()
                 and held_out("counselchat", r["questionID"], split)
             ):
-                by_q[r["questionID"]].append(r)
+                by_q[r["questionID"], r["questionText"]].append(r)
     items: list[tuple[str, str]] = []
     pairs = []
     for answers in by_q.values():

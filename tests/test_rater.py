@@ -247,6 +247,55 @@ def test_train_judge_end_to_end_on_tiny_data(tmp_path):
     assert all(1 <= v <= 5 for v in ratings[0].scores.values())
 
 
+def _reused_id_counselchat(root: Path) -> Path:
+    """A CounselChat export where one questionID names two different questions (as the real one does)."""
+    cc = root / "counsel-chat"
+    cc.mkdir(parents=True)
+    cols = ["questionID", "questionTitle", "questionText", "topic", "answerText", "upvotes"]
+    rows = [
+        ("7", "I can't sleep before exams.", "It sounds like exams keep you awake.", 5),
+        ("7", "I can't sleep before exams.", "Worry before a test is common.", 1),
+        ("7", "My sister stopped talking to me.", "Losing your sister's voice must hurt.", 3),
+        ("8", "I feel numb at work.", "Numbness can be a way to cope.", 2),
+    ]
+    with (cc / "20200325_counsel_chat.csv").open("w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=cols)
+        w.writeheader()
+        for q, text, answer, up in rows:
+            w.writerow(dict(zip(cols, (q, "t", text, "anxiety", answer, up))))
+    return root
+
+
+def test_counselchat_answers_are_compared_only_within_the_same_question(tmp_path, monkeypatch):
+    """The export reuses questionIDs for different questions: an answer to "my sister" is never
+    paired with (or rated against) the exam question, in training data or in the benchmark."""
+    import sys
+
+    from psychocounsel.judge.rater_data import Table, _all_pairs_upvotes, load_counselchat
+
+    root = _reused_id_counselchat(tmp_path)
+    questions = list(load_counselchat(root).values())
+    assert sorted(len(q["answers"]) for q in questions) == [1, 1, 2]
+    assert {q["speech_id"] for q in questions} == {"counselchat:7", "counselchat:8"}  # the split key stays the id
+    table = Table()
+    pairs = _all_pairs_upvotes(questions, table)
+    assert [(table.rows[p["better"]][1], table.rows[p["worse"]][1]) for p in pairs] == [
+        ("It sounds like exams keep you awake.", "Worry before a test is common.")
+    ]
+    sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+    import judge_agreement
+
+    monkeypatch.setattr(judge_agreement, "DATA", root)
+    monkeypatch.setattr(judge_agreement, "held_out", lambda kind, key, split: True)
+    items, bench_pairs = judge_agreement.load_counselchat(None, 0, "all")
+    assert [(items[a], items[b]) for a, b in bench_pairs] == [
+        (
+            ("I can't sleep before exams.", "It sounds like exams keep you awake."),
+            ("I can't sleep before exams.", "Worry before a test is common."),
+        )
+    ]
+
+
 def test_held_out_pairs_do_not_move_with_training_settings(tmp_path):
     """dev and test pairs are drawn apart from the training pairs: more EPITOME training pairs
     (which use up the training generator) leave them as they were."""

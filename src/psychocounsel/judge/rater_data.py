@@ -7,11 +7,12 @@ Sources (see ../shared/data/README.md):
 
 - EPITOME (Sharma et al., 2020): peer replies labelled 0/1/2 for emotional reactions and
   interpretations (-> ``empathy``) and explorations (-> ``exploration``). Trained on pairs of
-  replies of different levels, half of them drawn so that the better reply is not the longer.
+  replies of different levels, a share of them (``robust_share``) drawn so that the better reply
+  is not the longer.
 - CounselChat: a therapist's answer to *this* question against an answer of about the same
   length to another question (-> ``relevance``, ``empathy``); more-upvoted against less-upvoted
   answers to the same question only where both are about equally long (upvotes mostly reward
-  length).
+  length). Questions are told apart by id and text (the export reuses some ids).
 - Contrastive pairs (``contrastive.py``) on CounselChat questions and Reddit posts.
 """
 
@@ -79,14 +80,18 @@ def load_epitome(data: Path) -> list[dict]:
     return [r for r in rows.values() if all(f in r for f in EPITOME)]
 
 
-def load_counselchat(data: Path) -> dict[str, dict]:
-    """Questions by id: ``{speech_id, speech, topic, answers: [(text, upvotes)]}``."""
-    out: dict[str, dict] = {}
+def load_counselchat(data: Path) -> dict[tuple[str, str], dict]:
+    """Questions by (id, text): ``{speech_id, speech, topic, answers: [(text, upvotes)]}``.
+
+    The export reuses some questionIDs for two different questions, so answers are grouped by
+    id *and* text: an answer is only ever compared with answers to the same question. Both
+    questions of a reused id keep ``speech_id`` ``counselchat:<id>``, so they share a split."""
+    out: dict[tuple[str, str], dict] = {}
     for r in _csv(data / "counsel-chat" / "20200325_counsel_chat.csv"):
         text = (r["questionText"] or "").strip() or (r["questionTitle"] or "").strip()
         if text and (r["answerText"] or "").strip():
             q = out.setdefault(
-                r["questionID"],
+                (r["questionID"], text),
                 {"speech_id": f"counselchat:{r['questionID']}", "speech": text, "topic": r["topic"], "answers": []},
             )
             q["answers"].append((r["answerText"].strip(), int(r["upvotes"] or 0)))
