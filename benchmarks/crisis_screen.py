@@ -11,7 +11,7 @@ the honest number and dev beside it.
   per group and per subreddit); the score gives the AUC. Each with a bootstrap 95% CI. The same
   for the keyword baseline (``rules.keyword_flag``: a crisis call on any risk keyword).
 - Operating points: recall and flag rates at a few fixed crisis thresholds (reported, not tuned).
-- mentalchat16k-eval (200 questions, no labels) and counsel-chat (815 questions by topic): call
+- mentalchat16k-eval (200 questions, no labels) and counsel-chat (833 questions: 815 ids, some reused; by topic): call
   counts and flag rates; for counsel-chat, the share of therapist answers to flagged questions
   that ``handles_crisis`` accepts.
 - Hand-written cases (``safety/cases.yaml``): how many get the expected level.
