@@ -104,6 +104,13 @@ def test_help_is_useful_and_fast(command):
     assert "--run-dir" in res.stdout or "COMMAND" in res.stdout
 
 
+def test_help_shows_float_defaults_short():
+    # TrainJudgeConfig.robust_share is 2/3: --help reads "0.6667", not sixteen digits.
+    res = cli("train-judge", "--help")
+    assert res.returncode == 0
+    assert "(default 0.6667)" in " ".join(res.stdout.split()) and "0.66666" not in res.stdout
+
+
 def test_import_is_side_effect_free():
     code = (
         "import sys, logging, psychocounsel, psychocounsel.cli, psychocounsel.config;"

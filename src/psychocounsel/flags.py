@@ -63,7 +63,8 @@ def add_flags(
         default = field.get_default(call_default_factory=True)
         help_text = (field.description or name.replace("_", " ")).replace("%", "%%")
         if default is not None and not isinstance(default, bool):
-            help_text += f" (default {default})"
+            shown = f"{default:.4g}" if isinstance(default, float) else default  # 2/3 reads 0.6667
+            help_text += f" (default {shown})"
         names = [flag_name(name, prefix)] + ([aliases[name]] if name in aliases else [])
         if kind is bool:
             parser.add_argument(
