@@ -25,7 +25,7 @@ whose human-preferred reply is not the longer one: label A or B, preferred reply
 length; human ties are left out) and ``length_spearman`` (Spearman correlation of the combined
 verdict as +1 A / 0 tie / -1 B with chars(A) - chars(B); null when undefined, e.g. a constant
 verdict). ``length_warning`` words the flag the command prints when the judge does not beat the
-baseline.
+baseline, or when the lower end of its accuracy's 95% interval does not.
 
 ``accuracy_strict`` is the share of pairs whose combined verdict equals the human label.
 ``accuracy`` is the same, except that when the data has no human ties a combined tie counts 0.5:
@@ -266,19 +266,32 @@ def length_metrics(
 
 
 def length_warning(report: dict[str, Any]) -> str | None:
-    """The flag line for a report whose judge does not beat "longer wins"; None otherwise.
+    """The flag line for a report whose judge does not beat "longer wins", or beats it only by
+    less than its accuracy's 95% interval can tell; None when it is clear of it.
 
     >>> length_warning({"judge": "j", "accuracy": 0.61, "longer_wins": 0.65, "beats_longer_wins": False})
     'warning: judge j does not beat "longer wins" (0.61 vs 0.65) on these pairs'
-    >>> length_warning({"judge": "j", "accuracy": 0.7, "longer_wins": 0.65, "beats_longer_wins": True}) is None
+    >>> length_warning({"judge": "j", "accuracy": 0.504, "accuracy_ci": [0.46, 0.55], "longer_wins": 0.502,
+    ...                 "beats_longer_wins": True})
+    'warning: judge j is not clear of "longer wins" (0.50 [0.46, 0.55] vs 0.50) on these pairs'
+    >>> length_warning({"judge": "j", "accuracy": 0.7, "accuracy_ci": [0.66, 0.74], "longer_wins": 0.65,
+    ...                 "beats_longer_wins": True}) is None
     True
     """
-    if report.get("beats_longer_wins") is not False:
+    if report.get("beats_longer_wins") is None:
         return None
-    return (
-        f'warning: judge {report["judge"]} does not beat "longer wins" '
-        f"({report['accuracy']:.2f} vs {report['longer_wins']:.2f}) on these pairs"
-    )
+    if report["beats_longer_wins"] is False:
+        return (
+            f'warning: judge {report["judge"]} does not beat "longer wins" '
+            f"({report['accuracy']:.2f} vs {report['longer_wins']:.2f}) on these pairs"
+        )
+    ci = report.get("accuracy_ci")
+    if ci and ci[0] <= report["longer_wins"]:
+        return (
+            f'warning: judge {report["judge"]} is not clear of "longer wins" '
+            f"({report['accuracy']:.2f} [{ci[0]:.2f}, {ci[1]:.2f}] vs {report['longer_wins']:.2f}) on these pairs"
+        )
+    return None
 
 
 def agreement_metrics(
