@@ -152,18 +152,26 @@ def pair_length_columns(d: np.ndarray, d_chars: np.ndarray) -> dict:
 
 
 def length_flags(result: dict) -> list[str]:
-    """One flag line per set of ``result`` on which its judge does not beat "longer wins".
+    """One flag line per set of ``result`` on which its judge does not beat "longer wins", or
+    beats it by less than the lower end of its accuracy's 95% interval (as ``eval-judge`` flags).
 
     >>> length_flags({"judge": "j", "a": {"acc_level2_vs_0": 0.6, "longer_wins": 0.7, "beats_longer_wins": False},
-    ...               "b": {"accuracy": 0.8, "longer_wins": 0.5, "beats_longer_wins": True}})
-    ['warning: judge j does not beat "longer wins" on a (0.60 vs 0.70)']
+    ...               "b": {"accuracy": 0.8, "acc_ci95": [0.7, 0.9], "longer_wins": 0.5, "beats_longer_wins": True},
+    ...               "c": {"accuracy": 0.52, "acc_ci95": [0.47, 0.57], "longer_wins": 0.5, "beats_longer_wins": True}})
+    ['warning: judge j does not beat "longer wins" on a (0.60 vs 0.70)', 'warning: judge j is not clear of "longer wins" on c (0.52 [0.47, 0.57] vs 0.50)']
     """
-    return [
-        f'warning: judge {result["judge"]} does not beat "longer wins" on {name} '
-        f"({cols.get('accuracy', cols.get('acc_level2_vs_0')):.2f} vs {cols['longer_wins']:.2f})"
-        for name, cols in result.items()
-        if isinstance(cols, dict) and cols.get("beats_longer_wins") is False
-    ]
+    out = []
+    for name, cols in result.items():
+        if not isinstance(cols, dict) or cols.get("beats_longer_wins") is None:
+            continue
+        acc, ci = cols.get("accuracy", cols.get("acc_level2_vs_0")), cols.get("acc_ci95")
+        if cols["beats_longer_wins"] is False:
+            out.append(f'warning: judge {result["judge"]} does not beat "longer wins" on {name} '
+                       f"({acc:.2f} vs {cols['longer_wins']:.2f})")  # fmt: skip
+        elif ci and ci[0] <= cols["longer_wins"]:
+            out.append(f'warning: judge {result["judge"]} is not clear of "longer wins" on {name} '
+                       f"({acc:.2f} [{ci[0]:.2f}, {ci[1]:.2f}] vs {cols['longer_wins']:.2f})")  # fmt: skip
+    return out
 
 
 def held_out(kind: str, key: str, split: str) -> bool:
