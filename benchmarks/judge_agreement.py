@@ -45,7 +45,7 @@ from typing import Any
 import numpy as np
 
 from psychocounsel.config import JudgeConfig
-from psychocounsel.evaluate.judge_eval import spearman
+from psychocounsel.evaluate.judge_eval import length_warning, spearman
 from psychocounsel.records import Response, Speech
 from psychocounsel.rubric import Rubric, load_rubric
 from psychocounsel.store import Cache
@@ -153,24 +153,27 @@ def pair_length_columns(d: np.ndarray, d_chars: np.ndarray) -> dict:
 
 def length_flags(result: dict) -> list[str]:
     """One flag line per set of ``result`` on which its judge does not beat "longer wins", or
-    beats it by less than the lower end of its accuracy's 95% interval (as ``eval-judge`` flags).
+    beats it by less than the lower end of its accuracy's 95% interval: ``eval-judge``'s
+    ``length_warning``, naming the set.
 
     >>> length_flags({"judge": "j", "a": {"acc_level2_vs_0": 0.6, "longer_wins": 0.7, "beats_longer_wins": False},
     ...               "b": {"accuracy": 0.8, "acc_ci95": [0.7, 0.9], "longer_wins": 0.5, "beats_longer_wins": True},
     ...               "c": {"accuracy": 0.52, "acc_ci95": [0.47, 0.57], "longer_wins": 0.5, "beats_longer_wins": True}})
-    ['warning: judge j does not beat "longer wins" on a (0.60 vs 0.70)', 'warning: judge j is not clear of "longer wins" on c (0.52 [0.47, 0.57] vs 0.50)']
+    ['warning: judge j does not beat "longer wins" (0.60 vs 0.70) on a', 'warning: judge j is not clear of "longer wins" (0.52 [0.47, 0.57] vs 0.50) on c']
     """
     out = []
     for name, cols in result.items():
-        if not isinstance(cols, dict) or cols.get("beats_longer_wins") is None:
-            continue
-        acc, ci = cols.get("accuracy", cols.get("acc_level2_vs_0")), cols.get("acc_ci95")
-        if cols["beats_longer_wins"] is False:
-            out.append(f'warning: judge {result["judge"]} does not beat "longer wins" on {name} '
-                       f"({acc:.2f} vs {cols['longer_wins']:.2f})")  # fmt: skip
-        elif ci and ci[0] <= cols["longer_wins"]:
-            out.append(f'warning: judge {result["judge"]} is not clear of "longer wins" on {name} '
-                       f"({acc:.2f} [{ci[0]:.2f}, {ci[1]:.2f}] vs {cols['longer_wins']:.2f})")  # fmt: skip
+        if isinstance(cols, dict):
+            report = {
+                "judge": result["judge"],
+                "accuracy": cols.get("accuracy", cols.get("acc_level2_vs_0")),
+                "accuracy_ci": cols.get("acc_ci95"),
+                "longer_wins": cols.get("longer_wins"),
+                "beats_longer_wins": cols.get("beats_longer_wins"),
+            }
+            line = length_warning(report, where=name)
+            if line:
+                out.append(line)
     return out
 
 

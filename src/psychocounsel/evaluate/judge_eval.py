@@ -265,9 +265,10 @@ def length_metrics(
     }
 
 
-def length_warning(report: dict[str, Any]) -> str | None:
+def length_warning(report: dict[str, Any], where: str = "these pairs") -> str | None:
     """The flag line for a report whose judge does not beat "longer wins", or beats it only by
-    less than its accuracy's 95% interval can tell; None when it is clear of it.
+    less than its accuracy's 95% interval can tell; None when it is clear of it. ``where`` names
+    the pairs in the line (``benchmarks/judge_agreement.py`` passes each set's name).
 
     >>> length_warning({"judge": "j", "accuracy": 0.61, "longer_wins": 0.65, "beats_longer_wins": False})
     'warning: judge j does not beat "longer wins" (0.61 vs 0.65) on these pairs'
@@ -283,13 +284,13 @@ def length_warning(report: dict[str, Any]) -> str | None:
     if report["beats_longer_wins"] is False:
         return (
             f'warning: judge {report["judge"]} does not beat "longer wins" '
-            f"({report['accuracy']:.2f} vs {report['longer_wins']:.2f}) on these pairs"
+            f"({report['accuracy']:.2f} vs {report['longer_wins']:.2f}) on {where}"
         )
     ci = report.get("accuracy_ci")
     if ci and ci[0] <= report["longer_wins"]:
         return (
             f'warning: judge {report["judge"]} is not clear of "longer wins" '
-            f"({report['accuracy']:.2f} [{ci[0]:.2f}, {ci[1]:.2f}] vs {report['longer_wins']:.2f}) on these pairs"
+            f"({report['accuracy']:.2f} [{ci[0]:.2f}, {ci[1]:.2f}] vs {report['longer_wins']:.2f}) on {where}"
         )
     return None
 
