@@ -269,8 +269,6 @@ def _reused_id_counselchat(root: Path) -> Path:
 def test_counselchat_answers_are_compared_only_within_the_same_question(tmp_path, monkeypatch):
     """The export reuses questionIDs for different questions: an answer to "my sister" is never
     paired with (or rated against) the exam question, in training data or in the benchmark."""
-    import sys
-
     from psychocounsel.judge.rater_data import Table, _all_pairs_upvotes, load_counselchat
 
     root = _reused_id_counselchat(tmp_path)
@@ -282,7 +280,7 @@ def test_counselchat_answers_are_compared_only_within_the_same_question(tmp_path
     assert [(table.rows[p["better"]][1], table.rows[p["worse"]][1]) for p in pairs] == [
         ("It sounds like exams keep you awake.", "Worry before a test is common.")
     ]
-    sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+    monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "benchmarks"))  # undone after the test
     import judge_agreement
 
     monkeypatch.setattr(judge_agreement, "DATA", root)
